@@ -1,0 +1,59 @@
+"""Run-wide settings read from the environment: where data, figures and results live, and which device to use.
+
+Every path the kit uses comes from here, so a notebook, a test and the command line agree on them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Environment variable naming the folder that holds (or receives) the data sets.
+DATA_ROOT_ENV = "SELA_DATA_ROOT"
+#: Environment variables for the output folders.
+FIGURES_ENV = "SELA_FIGURES_DIR"
+RESULTS_ENV = "SELA_RESULTS_DIR"
+
+
+def data_root() -> Path:
+    """The data folder: ``$SELA_DATA_ROOT`` if set, else ``data/`` at the top of the kit."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or REPO_ROOT / "data").expanduser()
+
+
+def figures_dir() -> Path:
+    """Where figures are written (``$SELA_FIGURES_DIR``, default ``figures/``); created on demand."""
+    path = Path(os.environ.get(FIGURES_ENV) or REPO_ROOT / "figures").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def results_dir() -> Path:
+    """Where executed notebooks, checkpoints and tables go (``$SELA_RESULTS_DIR``, default ``results/``)."""
+    path = Path(os.environ.get(RESULTS_ENV) or REPO_ROOT / "results").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def pick_device(preference: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` gives the GPU when there is one, else the CPU; anything else is taken as a device name."""
+    if isinstance(preference, torch.device):
+        return preference
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(preference)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {preference!r} was asked for, but torch sees no CUDA GPU on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every GPU) in one call."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
