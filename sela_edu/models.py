@@ -1,0 +1,268 @@
+"""Backbones with several linear heads, one per clustering (SeLa's "multi-head" networks).
+
+Every model is a :class:`MultiHeadNet`: a backbone that maps an image to a ``feature_dim`` vector and
+``h`` linear heads that map that vector to K cluster scores each. The heads share the backbone, so
+training on ten clusterings at once costs little more than on one.
+
+Architectures (``ARCHS``):
+
+``"alexnet"``
+    SeLa's AlexNet with BatchNorm after every convolution, conv widths 96-256-384-384-256, for 224 px
+    images (conv 11x11/4 -> pool -> conv 5x5 -> pool -> three conv 3x3 -> pool -> 256 x 6 x 6). The
+    fully connected part follows the official code: dropout 0.5, Linear(9216, 4096), ReLU, dropout 0.5,
+    Linear(4096, 4096), ReLU; the heads and the kNN/linear-probe features sit on those 4096 numbers.
+    (The official CIFAR recipe upsamples 32 px images to 224 px and uses this network.)
+``"alexnet32"``
+    The same widths for 32 px input without upsampling: the 11x11/4 first conv becomes 3x3/1 and every
+    max-pool keeps AlexNet's 3/2 shape (with padding 1), so the conv maps are 32 -> 16 -> 8 -> 4 where
+    AlexNet has 55 -> 27 -> 13 -> 6; the fc layers see 256 x 4 x 4 = 4096 numbers. About 0.4 G
+    multiply-adds per image (a third of the 224 px AlexNet's 1.1 G): a GPU network, not a CPU one.
+``"resnet18"``, ``"resnet50"``
+    torchvision's ResNets (``weights=None``) without their ``fc`` layer (features 512 / 2048 after
+    global average pooling). ``small_stem=True`` (the default when ``image_size <= 64``) swaps the
+    7x7/2 conv and the max-pool for one 3x3/1 conv, the usual CIFAR stem.
+``"smallcnn"``
+    A cheap network for training on a laptop CPU in minutes: three conv blocks (32-64-128 channels,
+    3x3, BatchNorm, ReLU) with early stride 2 where the image is big enough, global average pooling and
+    a Linear(128, 256) + BatchNorm + ReLU feature layer (256-d). Works from 8 px (scikit-learn digits)
+    to 28 px (Fashion-MNIST) and beyond; about 4.6 M multiply-adds per 28 px image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+ARCHS = ("smallcnn", "alexnet", "alexnet32", "resnet18", "resnet50")
+
+#: Smallest image side each architecture accepts: below it the last conv stage has no real pixels
+#: left (alexnet: its 11x11/4 conv and three 3/2 pools need 63 px to leave a 1 x 1 map).
+MIN_IMAGE_SIZE = {"smallcnn": 8, "alexnet": 63, "alexnet32": 16, "resnet18": 32, "resnet50": 32}
+#: With the 3x3/1 CIFAR stem a ResNet downsamples 8x instead of 32x.
+MIN_IMAGE_SIZE_SMALL_STEM = 8
+
+ClusterSpec = int | Sequence[int]
+
+
+class MultiHeadNet(nn.Module):
+    """A backbone shared by ``num_heads`` linear heads.
+
+    Attributes:
+        backbone: maps a batch of images to a ``N x feature_dim`` tensor.
+        heads: one ``nn.Linear(feature_dim, K_j)`` per head.
+        feature_dim: width of the feature vector (what kNN and the linear probe evaluate).
+        arch, in_channels, image_size: how the model was built (``build_kwargs`` rebuilds it).
+    """
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_heads: int = 1,
+                 num_clusters: ClusterSpec = 10, *, build_kwargs: dict | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.feature_dim = int(feature_dim)
+        self.build_kwargs = dict(build_kwargs or {})
+        self.heads = nn.ModuleList()
+        self.reset_heads(num_heads, num_clusters)
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.heads)
+
+    @property
+    def num_clusters(self) -> list[int]:
+        """K of every head, in order."""
+        return [head.out_features for head in self.heads]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``N x feature_dim`` representation (input of the heads)."""
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One ``N x K_j`` score tensor (logits, before softmax) per head."""
+        feats = self.features(x)
+        return [head(feats) for head in self.heads]
+
+    def reset_heads(self, num_heads: int, num_clusters: ClusterSpec) -> None:
+        """Replace the heads by ``num_heads`` freshly initialised ones (same device and dtype as the
+        backbone). ``num_clusters`` is one K for every head or a list with one K per head."""
+        ks = _cluster_list(num_heads, num_clusters)
+        ref = next(self.backbone.parameters(), None)
+        heads = []
+        for k in ks:
+            head = nn.Linear(self.feature_dim, k)
+            # As in the official code: small weights, so that every head starts near the uniform
+            # distribution and the first labels come from the equipartition, not from the init.
+            nn.init.normal_(head.weight, 0.0, 0.01)
+            nn.init.zeros_(head.bias)
+            if ref is not None:
+                head = head.to(device=ref.device, dtype=ref.dtype)
+            heads.append(head)
+        self.heads = nn.ModuleList(heads)
+        self.build_kwargs.update(num_heads=len(ks), num_clusters=ks if len(set(ks)) > 1 else ks[0])
+
+    def extra_repr(self) -> str:
+        return f"feature_dim={self.feature_dim}, num_heads={self.num_heads}, num_clusters={self.num_clusters}"
+
+
+def _cluster_list(num_heads: int, num_clusters: ClusterSpec) -> list[int]:
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"num_heads must be a positive integer, got {num_heads!r}")
+    if isinstance(num_clusters, (int,)) and not isinstance(num_clusters, bool):
+        ks = [num_clusters] * num_heads
+    elif isinstance(num_clusters, Sequence) and not isinstance(num_clusters, str):
+        ks = list(num_clusters)
+        if len(ks) != num_heads:
+            raise ValueError(f"num_clusters lists {len(ks)} values ({ks}) but num_heads is {num_heads}: "
+                             "give one K per head, or a single int for all heads")
+    else:
+        raise ValueError(f"num_clusters must be an int or a list of ints, got {num_clusters!r}")
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+            raise ValueError(f"every number of clusters must be an integer >= 2, got {num_clusters!r}")
+    return ks
+
+
+def _init_conv_bn(module: nn.Module) -> None:
+    # He initialisation for ReLU networks (as the official AlexNet), BN at identity, small fc weights.
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding),
+            nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def _alexnet_fc(in_features: int) -> nn.Sequential:
+    return nn.Sequential(nn.Dropout(0.5), nn.Linear(in_features, 4096), nn.ReLU(inplace=True),
+                         nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True))
+
+
+def _alexnet(in_channels: int) -> tuple[nn.Module, int]:
+    convs = nn.Sequential(
+        *_conv_bn_relu(in_channels, 96, 11, stride=4, padding=2), nn.MaxPool2d(3, 2),
+        *_conv_bn_relu(96, 256, 5, padding=2), nn.MaxPool2d(3, 2),
+        *_conv_bn_relu(256, 384, 3, padding=1),
+        *_conv_bn_relu(384, 384, 3, padding=1),
+        *_conv_bn_relu(384, 256, 3, padding=1), nn.MaxPool2d(3, 2),
+        # Identity at 224 px (the map is already 6 x 6); lets other sizes reach the same fc layer,
+        # as torchvision's AlexNet does.
+        nn.AdaptiveAvgPool2d(6),
+    )
+    backbone = nn.Sequential(convs, nn.Flatten(), _alexnet_fc(256 * 6 * 6))
+    return backbone, 4096
+
+
+def _alexnet32(in_channels: int) -> tuple[nn.Module, int]:
+    convs = nn.Sequential(
+        *_conv_bn_relu(in_channels, 96, 3, padding=1), nn.MaxPool2d(3, 2, padding=1),
+        *_conv_bn_relu(96, 256, 5, padding=2), nn.MaxPool2d(3, 2, padding=1),
+        *_conv_bn_relu(256, 384, 3, padding=1),
+        *_conv_bn_relu(384, 384, 3, padding=1),
+        *_conv_bn_relu(384, 256, 3, padding=1), nn.MaxPool2d(3, 2, padding=1),
+        nn.AdaptiveAvgPool2d(4),  # identity at 32 px
+    )
+    backbone = nn.Sequential(convs, nn.Flatten(), _alexnet_fc(256 * 4 * 4))
+    return backbone, 4096
+
+
+def _smallcnn(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
+    # Downsample early where there are pixels to spare (most of the cost sits in the first, widest
+    # maps), but keep at least 4 x 4 at the end so 8 px digits still have spatial structure.
+    strides = (2 if image_size >= 16 else 1, 2, 2 if image_size >= 56 else 1)
+    backbone = nn.Sequential(
+        *_conv_bn_relu(in_channels, 32, 3, stride=strides[0], padding=1),
+        *_conv_bn_relu(32, 64, 3, stride=strides[1], padding=1),
+        *_conv_bn_relu(64, 128, 3, stride=strides[2], padding=1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(128, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True),
+    )
+    return backbone, 256
+
+
+def _resnet(arch: str, in_channels: int, small_stem: bool) -> tuple[nn.Module, int]:
+    import torchvision
+
+    net = getattr(torchvision.models, arch)(weights=None)
+    if small_stem:
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    if small_stem or in_channels != 3:
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    feature_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, feature_dim
+
+
+def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10, in_channels: int = 3,
+                image_size: int = 32, small_stem: bool | None = None) -> MultiHeadNet:
+    """Build a :class:`MultiHeadNet` with ``num_heads`` heads of ``num_clusters`` clusters.
+
+    Args:
+        arch: one of ``ARCHS``.
+        num_heads: number of heads (independent clusterings sharing the backbone).
+        num_clusters: K for every head, or a list with one K per head.
+        in_channels: 1 for grey images, 3 for colour.
+        image_size: side of the (square) input in pixels; decides strides (smallcnn), the ResNet stem,
+            and is checked against the architecture's minimum (``MIN_IMAGE_SIZE``).
+        small_stem: ResNets only: 3x3/1 first conv without max-pool; default ``image_size <= 64``.
+
+    Raises:
+        ValueError: unknown ``arch``, an image too small for it, ``small_stem=True`` for a non-ResNet,
+            or bad head/channel numbers.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+    for name, value in (("in_channels", in_channels), ("image_size", image_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    is_resnet = arch.startswith("resnet")
+    if small_stem and not is_resnet:
+        raise ValueError(f"small_stem applies to the ResNets only, not to {arch!r}")
+    if is_resnet and small_stem is None:
+        small_stem = image_size <= 64
+    min_size = MIN_IMAGE_SIZE_SMALL_STEM if (is_resnet and small_stem) else MIN_IMAGE_SIZE[arch]
+    if image_size < min_size:
+        stem = " with the small stem" if (is_resnet and small_stem) else ""
+        hint = {"alexnet": "; for 32 px images use 'alexnet32'",
+                "alexnet32": "; for tiny images use 'smallcnn'"}.get(arch, "")
+        raise ValueError(f"image_size {image_size} px is too small for {arch!r}{stem}: it needs at least "
+                         f"{min_size} px{hint}")
+    _cluster_list(num_heads, num_clusters)  # validate before building anything large
+
+    if arch == "alexnet":
+        backbone, dim = _alexnet(in_channels)
+    elif arch == "alexnet32":
+        backbone, dim = _alexnet32(in_channels)
+    elif arch == "smallcnn":
+        backbone, dim = _smallcnn(in_channels, image_size)
+    else:
+        backbone, dim = _resnet(arch, in_channels, bool(small_stem))
+    if not is_resnet:  # torchvision already initialises its ResNets
+        _init_conv_bn(backbone)
+
+    kwargs = dict(arch=arch, in_channels=in_channels, image_size=image_size,
+                  small_stem=bool(small_stem) if is_resnet else None)
+    model = MultiHeadNet(backbone, dim, num_heads, num_clusters, build_kwargs=kwargs)
+    model.arch, model.in_channels, model.image_size = arch, in_channels, image_size
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters (handy in the notebooks)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["ARCHS", "MIN_IMAGE_SIZE", "MultiHeadNet", "build_model", "count_parameters"]

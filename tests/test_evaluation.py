@@ -1,0 +1,283 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sela_edu.baselines import kmeans_labels
+from sela_edu.evaluation import (extract_features, knn_accuracy, linear_probe, pca_project, weighted_knn)
+from sela_edu.metrics import nmi
+from sela_edu.models import build_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small problems: one thread avoids OpenMP threads waiting on each other on the shared machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- extract_features
+
+class ShuffledLoader:
+    """Batches (x, targets, index) in a shuffled order, like the data contract's training loader."""
+
+    def __init__(self, images, targets, batch_size, seed=0):
+        self.images, self.targets, self.batch_size = images, targets, batch_size
+        self.order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self):
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __iter__(self):
+        for i in range(0, len(self.order), self.batch_size):
+            idx = self.order[i:i + self.batch_size]
+            yield self.images[idx], self.targets[idx], idx
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = build_model("smallcnn", num_heads=2, num_clusters=4, in_channels=1, image_size=8)
+    # Non-trivial BatchNorm running statistics, so train and eval modes really differ.
+    with torch.no_grad():
+        model.train()(torch.randn(32, 1, 8, 8) * 3 + 1)
+    images = torch.randn(23, 1, 8, 8)
+    targets = torch.arange(23) % 5
+    return model, images, targets
+
+
+def test_extract_features_uses_index_and_eval_mode(tiny):
+    model, images, targets = tiny
+    model.train()
+    with torch.no_grad():
+        expected = model.eval().features(images)
+    model.train()
+    feats, ys = extract_features(model, ShuffledLoader(images, targets, 5), return_targets=True)
+    assert model.training  # mode restored
+    assert feats.shape == (23, model.feature_dim) and feats.dtype == torch.float32
+    torch.testing.assert_close(feats, expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(ys, targets)
+    # A plain tensor, batched here, gives the same rows.
+    torch.testing.assert_close(extract_features(model, images, batch_size=4), expected, rtol=1e-4, atol=1e-5)
+    # (x, targets) batches without an index are taken in order.
+    batches = [(images[i:i + 6], targets[i:i + 6]) for i in range(0, 23, 6)]
+    torch.testing.assert_close(extract_features(model, batches), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_extract_features_plain_module_is_deterministic():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Dropout(0.5)).train()
+    x = torch.randn(10, 1, 2, 2)
+    a, b = extract_features(net, x), extract_features(net, x)
+    assert torch.equal(a, b)  # dropout off
+    torch.testing.assert_close(a, net[1](x.flatten(1)).detach())
+
+
+def test_extract_features_bad_inputs(tiny):
+    model, images, targets = tiny
+    dup = [(images[:4], targets[:4], torch.tensor([0, 1, 2, 2]))]
+    with pytest.raises(ValueError, match="exactly once"):
+        extract_features(model, dup)
+    with pytest.raises(ValueError, match="uint8|float"):
+        extract_features(model, (images * 10).to(torch.uint8))
+    with pytest.raises(ValueError, match="targets"):
+        extract_features(model, images, return_targets=True)
+    with pytest.raises(ValueError, match="several heads"):
+        extract_features(_ListModel(), images)
+    with pytest.raises(ValueError, match="no batches"):
+        extract_features(model, [])
+
+
+class _ListModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(64, 2)
+
+    def forward(self, x):
+        return [self.lin(x.flatten(1))]
+
+
+# --------------------------------------------------------------------------- weighted kNN
+
+def _unit(angles_deg):
+    a = np.radians(angles_deg)
+    return torch.tensor(np.stack([np.cos(a), np.sin(a)], 1), dtype=torch.float32)
+
+
+def test_weighted_knn_hand_case():
+    # Test image at 0 deg. Neighbours: one of class 1 at 0 deg (similarity 1), two of class 0 at
+    # +-36.87 deg (similarity 0.8), one of class 1 at 180 deg (similarity -1, outside k = 3).
+    # sigma = 0.1: class 1 gets e^10, class 0 gets 2 e^8 = e^10 * 2 e^-2 = 0.27 e^10 -> class 1.
+    # sigma = 1:   class 1 gets e^1 = 2.72, class 0 gets 2 e^0.8 = 4.45 -> class 0.
+    theta = math.degrees(math.acos(0.8))
+    train = _unit([0, theta, -theta, 180]) * torch.tensor([[2.0], [0.5], [3.0], [1.0]])  # norms don't matter
+    labels = torch.tensor([1, 0, 0, 1])
+    test = _unit([0])
+    assert weighted_knn(train, labels, test, k=3, sigma=0.1).tolist() == [1]
+    assert weighted_knn(train, labels, test, k=3, sigma=1.0).tolist() == [0]
+    assert weighted_knn(train, labels, test, k=1, sigma=1.0).tolist() == [1]
+    # k = 4 adds the opposite class-1 image with weight e^-1: 2.72 + 0.37 < 4.45 at sigma 1.
+    assert weighted_knn(train, labels, test, k=4, sigma=1.0).tolist() == [0]
+    # Tiny sigma: the exponent shift keeps the weights finite.
+    assert weighted_knn(train, labels, test, k=3, sigma=1e-3).tolist() == [1]
+
+
+def _bruteforce_knn(train, labels, test, k, sigma, n_classes):
+    tr = train / np.linalg.norm(train, axis=1, keepdims=True)
+    te = test / np.linalg.norm(test, axis=1, keepdims=True)
+    preds = []
+    for q in te:
+        sim = tr @ q
+        nearest = np.argsort(-sim)[:k]
+        votes = np.zeros(n_classes)
+        for j in nearest:
+            votes[labels[j]] += np.exp(sim[j] / sigma)
+        preds.append(int(np.argmax(votes)))
+    return np.array(preds)
+
+
+@pytest.mark.parametrize("k,sigma", [(1, 0.1), (7, 0.1), (50, 0.5), (200, 0.1)])
+def test_weighted_knn_matches_bruteforce(k, sigma):
+    rng = np.random.default_rng(k)
+    train = rng.normal(size=(300, 16))
+    labels = rng.integers(0, 6, 300)
+    train[:, 0] += labels  # some class structure so the vote is not pure noise
+    test = rng.normal(size=(41, 16))
+    test[:, 0] += rng.integers(0, 6, 41)
+    expected = _bruteforce_knn(train, labels, test, k, sigma, 6)
+    # float64 numpy input, tiny chunks to exercise the chunking
+    got = weighted_knn(train, labels, test, k=k, sigma=sigma, chunk_size=7)
+    assert got.dtype == torch.int64 and np.array_equal(got.numpy(), expected)
+    got32 = weighted_knn(torch.tensor(train, dtype=torch.float32), torch.tensor(labels),
+                         torch.tensor(test, dtype=torch.float32), k=k, sigma=sigma)
+    assert (got32.numpy() == expected).mean() > 0.95  # float32 may flip a near-tie
+
+
+def test_knn_accuracy_single_and_several_k():
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(4, 8)) * 3
+    ytr, yte = rng.integers(0, 4, 400), rng.integers(0, 4, 100)
+    xtr = centers[ytr] + rng.normal(size=(400, 8))
+    xte = centers[yte] + rng.normal(size=(100, 8))
+    accs = knn_accuracy(xtr, ytr, xte, yte, k=[1, 10, 200])
+    assert set(accs) == {1, 10, 200}
+    for k, acc in accs.items():
+        pred = weighted_knn(xtr, ytr, xte, k=k)
+        assert acc == pytest.approx(float((pred.numpy() == yte).mean()))
+    assert knn_accuracy(xtr, ytr, xte, yte, k=10) == accs[10]
+    assert accs[10] > 0.8
+    # Each training image is its own nearest neighbour.
+    assert knn_accuracy(xtr, ytr, xtr, ytr, k=1) == 1.0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"k": 0}, "k must be"),
+    ({"k": 11}, r"\[1, 10\]"),
+    ({"sigma": 0.0}, "sigma"),
+    ({"num_classes": 2}, "num_classes"),
+    ({"test_feats": torch.randn(3, 5)}, "dimensions"),
+    ({"train_labels": torch.zeros(9, dtype=torch.long)}, "10 labels"),
+    ({"train_labels": torch.zeros(10)}, "integer"),
+    ({"train_feats": torch.full((10, 4), float("nan"))}, "NaN"),
+    ({"test_feats": torch.randn(4)}, "2-D"),
+])
+def test_weighted_knn_bad_inputs(kwargs, match):
+    args = {"train_feats": torch.randn(10, 4), "train_labels": torch.arange(10) % 3,
+            "test_feats": torch.randn(3, 4), "k": 3}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        weighted_knn(**args)
+
+
+def test_pca_project():
+    rng = np.random.default_rng(0)
+    # 3 informative directions in 20-d; PCA to 3 keeps the pairwise distances.
+    basis = np.linalg.qr(rng.normal(size=(20, 3)))[0]
+    train = rng.normal(size=(200, 3)) * [5, 3, 2] @ basis.T
+    test = rng.normal(size=(30, 3)) * [5, 3, 2] @ basis.T
+    tr, te = pca_project(torch.tensor(train), torch.tensor(test), dim=3)
+    assert tr.shape == (200, 3) and te.shape == (30, 3) and tr.dtype == torch.float32
+    d_before = np.linalg.norm(test[:, None] - train[None], axis=2)
+    d_after = torch.cdist(te.double(), tr.double()).numpy()
+    np.testing.assert_allclose(d_after, d_before, rtol=1e-4, atol=1e-4)
+    assert tr.var(0)[0] > tr.var(0)[1] > tr.var(0)[2]  # ordered by variance
+    assert pca_project(train, dim=2)[1] is None
+    with pytest.raises(ValueError, match="dim must be"):
+        pca_project(train, test, dim=21)
+    with pytest.raises(ValueError, match="dimensions"):
+        pca_project(train, test[:, :5], dim=2)
+
+
+# --------------------------------------------------------------------------- linear probe
+
+def test_linear_probe_separable():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(32, 5))
+    xtr, xte = rng.normal(size=(2000, 32)), rng.normal(size=(500, 32))
+    ytr, yte = (xtr @ w).argmax(1), (xte @ w).argmax(1)  # linearly separable by construction
+    res = linear_probe(torch.tensor(xtr), torch.tensor(ytr), torch.tensor(xte), torch.tensor(yte),
+                       weight_decay=1e-6, max_iter=500)
+    assert res.train_accuracy > 0.99 and res.accuracy > 0.97
+    assert res.iterations > 0 and res.seconds > 0
+    pred = res.model.predict(torch.tensor(xte, dtype=torch.float32))
+    assert pred.shape == (500,) and float((pred.numpy() == yte).mean()) == pytest.approx(res.accuracy)
+
+
+def test_linear_probe_matches_sklearn_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(4, 20)) * 0.5
+    ytr, yte = rng.integers(0, 4, 1500), rng.integers(0, 4, 500)
+    xtr = centers[ytr] + rng.normal(size=(1500, 20)) + 3  # offset: standardisation matters
+    xte = centers[yte] + rng.normal(size=(500, 20)) + 3
+    wd = 1e-3
+    res = linear_probe(xtr, ytr, xte, yte, weight_decay=wd)
+    scaler = StandardScaler().fit(xtr)
+    # Same objective: mean cross-entropy + wd/2 |W|^2  <=>  C = 1 / (N wd)
+    sk = LogisticRegression(C=1 / (len(xtr) * wd), max_iter=1000).fit(scaler.transform(xtr), ytr)
+    sk_acc = sk.score(scaler.transform(xte), yte)
+    assert 0.4 < sk_acc < 0.98  # a problem where the classifier actually matters
+    assert abs(res.accuracy - sk_acc) <= 0.01
+    np.testing.assert_allclose(res.model.linear.weight.detach().numpy(), sk.coef_, atol=2e-3)
+
+
+def test_linear_probe_bad_inputs():
+    x, y = torch.randn(10, 3), torch.arange(10) % 2
+    with pytest.raises(ValueError, match="dimensions"):
+        linear_probe(x, y, torch.randn(4, 2), y[:4])
+    with pytest.raises(ValueError, match="test_y"):
+        linear_probe(x, y, x, y[:5])
+    with pytest.raises(ValueError, match="num_classes"):
+        linear_probe(x, y, x, y, num_classes=1)
+
+
+# --------------------------------------------------------------------------- k-means baseline
+
+def test_kmeans_labels_recovers_blobs():
+    from sklearn.datasets import make_blobs
+
+    x, y = make_blobs(n_samples=600, centers=6, n_features=10, cluster_std=1.0, random_state=0)
+    labels = kmeans_labels(torch.tensor(x, dtype=torch.float32), 6)
+    assert labels.dtype == torch.int64 and labels.shape == (600,)
+    assert int(labels.min()) >= 0 and int(labels.max()) < 6
+    assert nmi(y, labels) > 0.95
+    assert torch.equal(labels, kmeans_labels(x, 6))  # deterministic given the seed
+    # DeepCluster's variant (PCA-whitening first) and the mini-batch solver also find them.
+    assert nmi(y, kmeans_labels(x, 6, pca_dim=5)) > 0.95
+    assert nmi(y, kmeans_labels(x, 6, minibatch=True, n_init=3)) > 0.95
+
+
+def test_kmeans_labels_bad_inputs():
+    with pytest.raises(ValueError, match="2-D"):
+        kmeans_labels(np.zeros(5), 2)
+    with pytest.raises(ValueError, match="k must be"):
+        kmeans_labels(np.zeros((5, 2)), 6)
+    with pytest.raises(ValueError, match="NaN"):
+        kmeans_labels(np.full((5, 2), np.nan), 2)
+    with pytest.raises(ValueError, match="pca_dim"):
+        kmeans_labels(np.random.rand(5, 2), 2, pca_dim=3)

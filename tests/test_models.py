@@ -1,0 +1,150 @@
+import pytest
+import torch
+from torch import nn
+
+from sela_edu.models import ARCHS, MultiHeadNet, build_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These are tiny batches: on the shared 2-core machine, two OpenMP threads that wait on each other
+    # under load were measured 10-70x slower than one thread. Restored after the module.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+# (arch, in_channels, image_size, feature_dim, extra kwargs); batch 2 keeps the 224 px AlexNet cheap
+# on CPU, and the ResNets run at small sizes (their small stem keeps full resolution: costly at 32 px).
+CASES = [
+    ("smallcnn", 1, 8, 256, {}),
+    ("smallcnn", 1, 28, 256, {}),
+    ("smallcnn", 3, 32, 256, {}),
+    ("alexnet32", 3, 32, 4096, {}),
+    ("alexnet", 3, 224, 4096, {}),
+    ("resnet18", 3, 16, 512, {}),
+    ("resnet18", 1, 32, 512, {"small_stem": False}),  # standard 7x7/2 stem, grey input
+    ("resnet50", 3, 8, 2048, {}),
+]
+
+
+def test_cases_cover_every_arch():
+    assert {c[0] for c in CASES} == set(ARCHS)
+
+
+@pytest.mark.parametrize("arch,channels,size,dim,extra", CASES)
+def test_output_shapes(arch, channels, size, dim, extra):
+    torch.manual_seed(0)
+    model = build_model(arch, num_heads=3, num_clusters=[4, 5, 6], in_channels=channels, image_size=size,
+                        **extra)
+    assert isinstance(model, MultiHeadNet)
+    assert model.feature_dim == dim
+    assert len(model.heads) == 3 and model.num_clusters == [4, 5, 6]
+    first_conv = next(m for m in model.backbone.modules() if isinstance(m, nn.Conv2d))
+    assert first_conv.in_channels == channels
+    x = torch.randn(2, channels, size, size)
+    with torch.no_grad():
+        out = model.train()(x)  # train mode: BatchNorm uses the batch of 2
+        assert isinstance(out, list) and [o.shape for o in out] == [(2, 4), (2, 5), (2, 6)]
+        model.eval()
+        feats = model.features(x)
+        scores = model(x)
+    assert feats.shape == (2, dim) and torch.isfinite(feats).all()
+    # The heads are linear layers on exactly these features.
+    for head, s in zip(model.heads, scores):
+        torch.testing.assert_close(s, head(feats))
+
+
+def test_gradients_reach_first_layer():
+    model = build_model("smallcnn", num_heads=2, num_clusters=5, in_channels=1, image_size=28)
+    loss = sum(o.logsumexp(1).sum() for o in model(torch.randn(4, 1, 28, 28)))
+    loss.backward()
+    first_conv = model.backbone[0]
+    assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
+    assert all(h.weight.grad.abs().sum() > 0 for h in model.heads)
+
+
+def test_alexnet_conv_maps():
+    big = build_model("alexnet", image_size=224).eval()
+    small = build_model("alexnet32", image_size=32).eval()
+    with torch.no_grad():
+        # backbone = (convs ending in an adaptive pool, flatten, fc); the pool is an identity at the
+        # nominal size, and the smallest accepted size still leaves a real 1 x 1 / 2 x 2 map.
+        assert big.backbone[0][:-1](torch.randn(1, 3, 224, 224)).shape == (1, 256, 6, 6)
+        assert small.backbone[0][:-1](torch.randn(1, 3, 32, 32)).shape == (1, 256, 4, 4)
+        assert big.backbone[0][:-1](torch.randn(1, 3, 63, 63)).shape == (1, 256, 1, 1)
+        assert small.backbone[0][:-1](torch.randn(1, 3, 16, 16)).shape == (1, 256, 2, 2)
+        assert big(torch.randn(1, 3, 63, 63))[0].shape == (1, 10)
+    widths = [m.out_channels for m in big.backbone.modules() if isinstance(m, nn.Conv2d)]
+    assert widths == [96, 256, 384, 384, 256]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in big.backbone.modules()) == 5
+
+
+def test_resnet_stem_choice():
+    small = build_model("resnet18", image_size=32)
+    assert small.backbone.conv1.kernel_size == (3, 3) and small.backbone.conv1.stride == (1, 1)
+    assert isinstance(small.backbone.maxpool, nn.Identity)
+    big = build_model("resnet18", image_size=224)
+    assert big.backbone.conv1.kernel_size == (7, 7) and isinstance(big.backbone.maxpool, nn.MaxPool2d)
+    forced = build_model("resnet18", image_size=32, small_stem=False)
+    assert forced.backbone.conv1.kernel_size == (7, 7)
+    assert isinstance(build_model("resnet18").backbone.fc, nn.Identity)
+
+
+def test_int_num_clusters_and_reset_heads():
+    model = build_model("smallcnn", num_heads=4, num_clusters=7, in_channels=1, image_size=8)
+    assert model.num_heads == 4 and model.num_clusters == [7] * 4
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    model.reset_heads(2, [3, 9])
+    assert model.num_clusters == [3, 9]
+    model.eval()
+    out = model(torch.randn(5, 1, 8, 8))
+    assert [o.shape for o in out] == [(5, 3), (5, 9)]
+    for k, v in model.backbone.state_dict().items():
+        torch.testing.assert_close(v, backbone_before[k])
+    model.reset_heads(1, 12)
+    assert model.num_clusters == [12] and model.build_kwargs["num_clusters"] == 12
+    # build_kwargs rebuild the same architecture (what a checkpoint needs)
+    rebuilt = build_model(**model.build_kwargs)
+    assert rebuilt.load_state_dict(model.state_dict()) is not None
+
+
+def test_reset_heads_follows_backbone_dtype():
+    model = build_model("smallcnn", in_channels=1, image_size=8).double()
+    model.reset_heads(2, 5)
+    assert all(h.weight.dtype == torch.float64 for h in model.heads)
+
+
+def test_heads_start_near_uniform():
+    # Small head weights (as in the official code): initial softmax close to uniform.
+    model = build_model("smallcnn", num_clusters=10, in_channels=1, image_size=28).eval()
+    with torch.no_grad():
+        p = model(torch.randn(8, 1, 28, 28))[0].softmax(1)
+    assert (p - 0.1).abs().max() < 0.05
+
+
+def test_bad_arch_lists_archs():
+    with pytest.raises(ValueError, match="resnet18") as err:
+        build_model("vgg16")
+    assert "vgg16" in str(err.value) and all(a in str(err.value) for a in ARCHS)
+
+
+@pytest.mark.parametrize("arch,size,needed", [("alexnet", 32, 63), ("alexnet32", 8, 16), ("smallcnn", 4, 8),
+                                              ("resnet50", 16, 32)])
+def test_image_too_small(arch, size, needed):
+    kwargs = {"small_stem": False} if arch.startswith("resnet") else {}
+    with pytest.raises(ValueError, match=rf"image_size {size} px .* at least {needed} px"):
+        build_model(arch, image_size=size, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"num_heads": 0}, "num_heads"),
+    ({"num_heads": 2, "num_clusters": [5, 5, 5]}, "num_heads is 2"),
+    ({"num_clusters": 1}, ">= 2"),
+    ({"num_clusters": "10"}, "num_clusters"),
+    ({"in_channels": 0}, "in_channels"),
+    ({"small_stem": True}, "ResNets only"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_model("smallcnn", **kwargs)
