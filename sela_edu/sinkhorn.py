@@ -55,6 +55,13 @@ __all__ = [
 STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Rows turned into P at a time: large enough for torch's kernels to run at speed, small enough to stay in L3.
 _STAGE_BYTES = 8 * 2**20
+# ScoreBuffer keeps the scores themselves (for exact solutions of very sharp problems) up to this size.
+_KEEP_SCORES_BYTES = 2 * 2**30
+# Rebuild P once the cluster scalings have moved this far (in nats) since it was built: entries that
+# underflowed (below e^-87 of their row's largest) then still weigh less than e^-57 in the plan.
+_ABSORB_NATS = 30.0
+# Without the scores, the scalings may spread this far before float32 cannot hold them.
+_MAX_SPREAD_NATS = 80.0
 
 
 @dataclass
@@ -66,8 +73,10 @@ class SelfLabelResult:
     error: float  #: largest relative deviation of a cluster's mass from its target, at the last check
     converged: bool  #: whether ``error <= tol`` was reached within ``max_iter``
     cluster_sizes: torch.Tensor  #: int64 K-vector, how many rows (over all ranks) got each label
-    #: float64 K-vector ``log_b``: the soft assignment of image i is ``softmax_k(lam * scores_ik + log_b_k)``
+    #: float64 K-vector ``L``: the soft assignment of image i is ``softmax_k(lam * scores_ik + L_k)``
     cluster_potential: torch.Tensor
+    #: how many times P was rebuilt with the scalings absorbed (only for very sharp problems)
+    rebuilds: int = 0
 
     def __repr__(self) -> str:
         sizes = self.cluster_sizes
@@ -107,6 +116,11 @@ class ScoreBuffer:
     arrives and stored in ``storage_dtype``; the per-block column maxima (K floats per block of at least
     ``stage rows``) are reconciled once all rows are in, so the result equals the one-shot computation.
 
+    ``keep_scores`` also keeps ``lam * scores - row max`` in float32 (one more N x K matrix). With it the
+    solver stays exact however sharp the problem: when the cluster scalings drift far (very peaked scores,
+    large ``lam``), it rebuilds ``P`` with the scalings absorbed, so that the entries that matter are always
+    within float32's range. ``None`` keeps them when that costs at most 2 GB.
+
     >>> buf = ScoreBuffer(num_rows=1000, num_clusters=10, lam=10.0)
     >>> for start in range(0, 1000, 250):
     ...     buf.add(torch.randn(250, 10))
@@ -121,6 +135,7 @@ class ScoreBuffer:
         *,
         storage_dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
+        keep_scores: bool | None = None,
     ) -> None:
         if int(num_clusters) < 2:
             raise ValueError(f"need at least 2 clusters, got num_clusters={num_clusters}")
@@ -133,6 +148,9 @@ class ScoreBuffer:
         self.lam = _check_lam(lam)
         self.device = torch.device(device)
         self.storage = torch.empty(self.num_rows, self.num_clusters, dtype=storage_dtype, device=self.device)
+        if keep_scores is None:
+            keep_scores = 4 * self.num_rows * self.num_clusters <= _KEEP_SCORES_BYTES
+        self.log_scores = torch.empty_like(self.storage, dtype=torch.float32) if keep_scores else None
         self.filled = 0
         stage_rows = max(64, min(self.num_rows, _STAGE_BYTES // (4 * self.num_clusters)))
         self._stage = torch.empty(stage_rows, self.num_clusters, dtype=torch.float32, device=self.device)
@@ -180,6 +198,8 @@ class ScoreBuffer:
         x = self._stage[:m]
         x.mul_(self.lam)
         x.sub_(x.amax(dim=1, keepdim=True))
+        if self.log_scores is not None:
+            self.log_scores[self.filled : self.filled + m].copy_(x)
         col_max = x.amax(dim=0)
         x.sub_(col_max).exp_()
         self.storage[self.filled : self.filled + m].copy_(x)
@@ -209,6 +229,17 @@ class ScoreBuffer:
         self._stage = self._stage[:0]
         self._finalised = True
         return self.storage
+
+    def reform(self, potential: torch.Tensor) -> None:
+        """Rebuild ``P_ik = exp(x_ik + potential_k - max_j(x_ij + potential_j))`` from the kept scores."""
+        if self.log_scores is None:
+            raise ValueError("reform needs the scores: make the ScoreBuffer with keep_scores=True")
+        pot = potential.to(device=self.device, dtype=torch.float32)
+        rows = max(1, _STAGE_BYTES // (4 * self.num_clusters))
+        for start in range(0, self.num_rows, rows):
+            x = self.log_scores[start : start + rows] + pot
+            x.sub_(x.amax(dim=1, keepdim=True)).exp_()
+            self.storage[start : start + rows].copy_(x)
 
 
 def marginal_error(mass: torch.Tensor, target: torch.Tensor) -> float:
@@ -268,24 +299,41 @@ def _solve_one(
     vec_device = torch.device("cpu") if backend == "numba" else P.device
     # Rows are scaled to sum to 1, so cluster k must receive N * prior_k of the mass.
     target = (n_total.item() * prior).to(vec_device)
+    # The plan is Q_ik ∝ exp(x_ik + L_k) with x = lam * scores - row max. P holds exp(x_ik + A_k) up to a
+    # row factor, so the iteration works with b = exp(L - A); A changes only when P is rebuilt.
+    absorbed = -buffer.column_shift.to(vec_device, torch.float64)
+    potential = absorbed.clone()
     b = torch.ones(K, dtype=torch.float32, device=vec_device)
-    error, converged, iterations = math.inf, False, 0
+    error, converged, iterations, rebuilds = math.inf, False, 0, 0
     for iterations in range(1, max_iter + 1):
         col = _kernels.column_sums(P, b, backend)  # float64: sum over images of a_i P_ik, with a = 1 / (P b)
         if distributed:
             col = _all_reduce(col.to(P.device), torch.distributed.ReduceOp.SUM).to(vec_device)
-        if not torch.isfinite(col).all() or (col <= 0).any():
+        if not torch.isfinite(col).all():
             raise FloatingPointError(
-                f"Sinkhorn-Knopp broke down at iteration {iterations}: a cluster's scaling left the float32 "
-                f"range. The scores are too sharp for lam={buffer.lam:g} (the plan is nearly a hard assignment "
-                "that cannot be balanced), or the prior has zeros some images cannot avoid: lower lam"
+                f"Sinkhorn-Knopp broke down at iteration {iterations}: a column sum is not finite. The scores are "
+                f"too sharp for lam={buffer.lam:g} or the prior has zeros some images cannot avoid: lower lam"
             )
         if iterations % check_every == 0 or iterations == max_iter:
             error = marginal_error(b.double() * col, target)
             converged = error <= tol
             if converged:  # keep the b that was measured: rows exact, every cluster's mass within tol
                 break
-        b = (target / col).float()
+        # a cluster that receives no mass at all gets a huge scaling, which the next rebuild absorbs
+        potential = absorbed + (target / col.clamp_min(1e-300)).log()
+        spread = float((potential - absorbed).abs().max())
+        if spread > _ABSORB_NATS and buffer.log_scores is not None:
+            buffer.reform(potential - potential.max())
+            absorbed = potential - potential.max()
+            potential = absorbed.clone()
+            rebuilds += 1
+        elif spread > _MAX_SPREAD_NATS:
+            raise FloatingPointError(
+                f"Sinkhorn-Knopp broke down at iteration {iterations}: the cluster scalings spread over "
+                f"{spread:.0f} nats, beyond float32. The scores are too sharp for lam={buffer.lam:g}: lower lam, "
+                "or fill the ScoreBuffer with keep_scores=True so the solver can rebuild P as it goes"
+            )
+        b = (potential - absorbed).exp().float()
     if not converged:
         warnings.warn(
             f"Sinkhorn-Knopp stopped after max_iter={max_iter} iterations with cluster-mass error {error:.2e} "
@@ -293,12 +341,11 @@ def _solve_one(
             RuntimeWarning,
             stacklevel=3,
         )
-    labels = _kernels.argmax_scaled(P, b.to(P.device) if backend == "torch" else b, backend).to(P.device)
+    labels = _kernels.argmax_scaled(P, b, backend).to(P.device)
     sizes = torch.bincount(labels, minlength=K)
     if distributed:
         _all_reduce(sizes, torch.distributed.ReduceOp.SUM)
-    potential = b.double().log().cpu() - buffer.column_shift.double().cpu()
-    return SelfLabelResult(labels, iterations, float(error), bool(converged), sizes.cpu(), potential)
+    return SelfLabelResult(labels, iterations, float(error), bool(converged), sizes.cpu(), potential.cpu(), rebuilds)
 
 
 def self_label(
@@ -312,6 +359,7 @@ def self_label(
     storage_dtype: torch.dtype | None = None,
     distributed: bool | None = None,
     backend: str = "auto",
+    keep_scores: bool | None = None,
 ):
     """Pseudo-labels for N images from network scores, with equal-sized clusters (SeLa's label step).
 
@@ -340,12 +388,15 @@ def self_label(
         rows; every rank must call with the same settings, and the labels returned are this rank's.
     backend:
         ``"auto"`` (numba kernels on the CPU, torch elsewhere), ``"numba"`` or ``"torch"``.
+    keep_scores:
+        For a score matrix: keep a float32 copy of the scaled scores so that very sharp problems are
+        solved exactly (see :class:`ScoreBuffer`). ``None``: when that copy costs at most 2 GB.
     """
     if isinstance(scores, (list, tuple)):
         return [
             self_label(
                 s, lam, tol=tol, max_iter=max_iter, prior=prior, check_every=check_every,
-                storage_dtype=storage_dtype, distributed=distributed, backend=backend,
+                storage_dtype=storage_dtype, distributed=distributed, backend=backend, keep_scores=keep_scores,
             )
             for s in scores
         ]
@@ -368,7 +419,8 @@ def self_label(
             raise ValueError(f"need at least 2 clusters, got {k} column(s)")
         if not dist and n < k:
             raise ValueError(f"fewer images ({n}) than clusters ({k}): equal-sized clusters are impossible")
-        buffer = ScoreBuffer(n, k, lam, storage_dtype=storage_dtype or torch.float32, device=scores.device)
+        buffer = ScoreBuffer(n, k, lam, storage_dtype=storage_dtype or torch.float32, device=scores.device,
+                             keep_scores=keep_scores)
         buffer.add(scores)
     return _solve_one(
         buffer, tol=float(tol), max_iter=int(max_iter), prior=prior, check_every=int(check_every),

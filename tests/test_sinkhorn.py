@@ -148,10 +148,26 @@ def test_sharp_scores_and_dead_clusters_give_valid_labels():
     assert result.converged and result.cluster_sizes[3] > 0.8 * 100
 
 
-def test_hopelessly_sharp_scores_raise_instead_of_nan():
-    # lam * scores spans ~10^4: the balanced plan needs scalings beyond float32; say so, never return NaN
+def test_very_sharp_problem_rebuilds_p_and_matches_reference():
+    # lam * scores spans ~1000 nats: the cluster scalings must spread beyond float32's range, so the
+    # solver rebuilds P with them absorbed (from the kept scores) and still agrees with float64
+    scores = random_scores(3000, 100, 3.0, seed=11)
+    ours = self_label(scores, 100.0, max_iter=20000)
+    ref = reference_self_label(scores.numpy(), 100.0, tol=1e-3, max_iter=20000)
+    assert ours.converged and ours.rebuilds >= 1
+    assert (ours.labels.numpy() == ref.labels).mean() >= 0.999
+
+
+def test_hopelessly_sharp_scores_never_give_nan():
+    scores = random_scores(2000, 20, 200.0, seed=8)
+    # without the scores to rebuild from, the solver says what is wrong instead of returning NaN
     with pytest.raises(FloatingPointError, match="too sharp for lam=25"):
-        self_label(random_scores(2000, 20, 200.0, seed=8), 25.0, max_iter=5000)
+        self_label(scores, 25.0, max_iter=5000, keep_scores=False)
+    # with them it keeps going: balanced labels, honestly reported as not converged
+    with pytest.warns(RuntimeWarning, match="not converged"):
+        result = self_label(scores, 25.0, max_iter=2000)
+    assert not result.converged and np.isfinite(result.error)
+    assert result.cluster_sizes.min() >= 90 and result.cluster_sizes.max() <= 110
 
 
 @pytest.mark.slow
