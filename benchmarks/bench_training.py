@@ -1,0 +1,122 @@
+"""How fast does the SeLa training loop run, and where does the time go?
+
+Trains the ``classroom`` preset (Fashion-MNIST, smallcnn, 4 heads) with SeLa and then, in the same
+process and on the same network, plain supervised training, and prints:
+
+* training throughput (images per second, label optimisation excluded);
+* the share of the wall-clock time spent solving for labels (Sinkhorn-Knopp; target <= 5 %) and
+  computing the scores it needs (a forward pass over the whole set per optimisation);
+* the epoch time without relabelling next to the supervised epoch time (the loop's own overhead:
+  several heads, label look-up).
+
+Not part of the test suite. A quick check that it works::
+
+    python benchmarks/bench_training.py --max-images 1024 --epochs 1
+
+The real measurement (about 5-10 minutes per epoch and method on 2 shared CPU cores)::
+
+    SELA_DATA_ROOT=/work/shared/data python benchmarks/bench_training.py --epochs 2 --json results/bench_training.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sela_edu.data import load_dataset  # noqa: E402
+from sela_edu.trainer import config_from_preset, train  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="classroom")
+    parser.add_argument("--dataset", default=None, help="override the preset's data set (e.g. digits)")
+    parser.add_argument("--root", default=None, help="data root (default: $SELA_DATA_ROOT or data/)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per method (one label optimisation each)")
+    parser.add_argument("--max-images", type=int, default=None, help="train on a random subset")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    parser.add_argument("--progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def run(args) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = dict(epochs=args.epochs, nopts=args.epochs, device=args.device, max_images=args.max_images)
+    if args.dataset:
+        overrides["dataset"] = args.dataset
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    config = config_from_preset(args.preset, **overrides)
+    data = load_dataset(config.dataset, "train", root=args.root)
+
+    t0 = time.perf_counter()
+    sela = train(config, data, progress=args.progress)
+    sela_wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    supervised = train(config_from_preset(args.preset, **{**overrides, "method": "supervised"}), data,
+                       progress=args.progress)
+    supervised_wall = time.perf_counter() - t0
+
+    st, su = sela.timings, supervised.timings
+    epochs = len(sela.history)
+    report = {
+        "preset": args.preset, "dataset": config.dataset, "images": len(sela.labels[0]), "epochs": epochs,
+        "heads": config.cluster_list(), "batch_size": config.batch_size, "device": str(sela.model.heads[0].weight.device),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+        "sela_wall_seconds": sela_wall,
+        "sela_images_per_second": st["images_per_second"],
+        "relabels": st["relabels"],
+        "solve_seconds": st["solve_seconds"],
+        "score_seconds": st["score_seconds"],
+        "solve_share": st["solve_seconds"] / st["seconds"],
+        "score_share": st["score_seconds"] / st["seconds"],
+        "relabel_share": st["relabel_seconds"] / st["seconds"],
+        "sela_epoch_seconds_without_relabel": st["train_seconds"] / epochs,
+        "supervised_epoch_seconds": su["train_seconds"] / len(supervised.history),
+        "supervised_images_per_second": su["images_per_second"],
+        "supervised_wall_seconds": supervised_wall,
+        "nmi_per_head": sela.history[-1]["nmi"],
+    }
+    report["overhead_vs_supervised"] = (report["sela_epoch_seconds_without_relabel"]
+                                        / report["supervised_epoch_seconds"] - 1)
+    return report
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    report = run(args)
+    print(f"{report['preset']} on {report['dataset']}: {report['images']} images, {report['epochs']} epochs, "
+          f"heads {report['heads']}, batch {report['batch_size']}, {report['device']}, "
+          f"{report['threads']} threads")
+    print(f"  SeLa training throughput      {report['sela_images_per_second']:9.1f} images/s")
+    print(f"  supervised throughput         {report['supervised_images_per_second']:9.1f} images/s")
+    print(f"  epoch without relabelling     {report['sela_epoch_seconds_without_relabel']:9.2f} s "
+          f"(supervised {report['supervised_epoch_seconds']:.2f} s, "
+          f"overhead {100 * report['overhead_vs_supervised']:+.1f} %)")
+    print(f"  label optimisations           {report['relabels']:9d}")
+    print(f"  solving (Sinkhorn-Knopp)      {report['solve_seconds']:9.2f} s = "
+          f"{100 * report['solve_share']:.2f} % of the SeLa wall time (target <= 5 %)")
+    print(f"  scoring passes                {report['score_seconds']:9.2f} s = {100 * report['score_share']:.2f} %")
+    print(f"  NMI per head after training   {[round(x, 3) for x in report['nmi_per_head'] or []]}")
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        print(f"wrote {path}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

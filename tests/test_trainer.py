@@ -1,0 +1,256 @@
+"""The self-labelling loop: presets, schedule, learning on digits, exact resumption, label transfer."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+import torch
+
+from sela_edu.checkpoint import CheckpointError
+from sela_edu.data import load_dataset
+from sela_edu.labels_io import export_labels_csv, read_labels_csv
+from sela_edu.metrics import nmi
+from sela_edu.trainer import (PRESETS, StopTraining, TrainConfig, config_from_preset, initial_labels, random_init_model,
+                              relabel, relabel_schedule, train, transfer_labels)
+
+# Wall-clock fields differ between runs; everything else in a history record must be reproducible.
+TIME_KEYS = {"seconds", "train_seconds", "relabel_seconds", "score_seconds", "solve_seconds",
+             "checkpoint_seconds", "images_per_second"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The test machine's cores are shared: one thread per process avoids OpenMP spin contention.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _small(**overrides) -> TrainConfig:
+    base = dict(device="cpu", epochs=3, nopts=4, max_images=256, batch_size=32)
+    return config_from_preset("smoke", **{**base, **overrides})
+
+
+def _same_state(a, b) -> bool:
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa) and torch.equal(a.labels, b.labels)
+
+
+def _untimed(history):
+    return [{k: v for k, v in record.items() if k not in TIME_KEYS} for record in history]
+
+
+# --------------------------------------------------------------------------------------------- presets
+
+
+def test_presets_match_the_official_recipes():
+    assert set(PRESETS) == {"smoke", "classroom", "cifar-paper", "imagenet-paper"}
+    cifar = config_from_preset("cifar-paper")
+    assert (cifar.num_heads, cifar.num_clusters, cifar.lam, cifar.epochs, cifar.nopts) == (10, 128, 10.0, 400, 400)
+    assert (cifar.nopt_schedule, cifar.batch_size, cifar.lr, cifar.momentum, cifar.weight_decay) == \
+        ("even", 128, 0.03, 0.9, 5e-4)
+    imagenet = config_from_preset("imagenet-paper")
+    assert (imagenet.arch, imagenet.num_heads, imagenet.num_clusters, imagenet.lam) == ("alexnet", 10, 3000, 25.0)
+    assert (imagenet.nopts, imagenet.nopt_schedule, imagenet.batch_size, imagenet.lr) == (100, "quadratic", 256, 0.05)
+    assert imagenet.lr_milestones[:2] == [150, 300] and imagenet.lr_gamma == 0.1 and imagenet.weight_decay == 1e-5
+    classroom = config_from_preset("classroom", epochs=3, lam=25)
+    assert classroom.arch == "smallcnn" and classroom.epochs == 3 and classroom.lam == 25
+    assert config_from_preset("smoke").epochs <= 2
+
+
+def test_unknown_preset_and_field_list_the_valid_ones():
+    with pytest.raises(ValueError, match="cifar-paper"):
+        config_from_preset("cifar")
+    with pytest.raises(ValueError, match="num_clusters"):
+        config_from_preset("smoke", num_cluster=10)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(method="deepcluster"), "method"),
+    (dict(nopt_schedule="cubic"), "nopt_schedule"),
+    (dict(storage_dtype="int8"), "storage_dtype"),
+    (dict(num_heads=3, num_clusters=[10, 20]), "num_clusters"),
+    (dict(num_clusters=1), "clusters"),
+    (dict(lr=-0.1), "lr"),
+    (dict(lam=0), "lam"),
+    (dict(epochs=0), "epochs"),
+    (dict(arch="vgg"), "arch"),
+    (dict(lr_milestones=[5, 2]), "lr_milestones"),
+])
+def test_bad_settings_are_refused(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        config_from_preset("smoke", **overrides)
+
+
+# --------------------------------------------------------------------------------------------- schedule
+
+
+def test_even_schedule_matches_official_spacing():
+    assert relabel_schedule(4, 4, "even", 10) == [0, 10, 20, 30]
+    assert relabel_schedule(3, 6, "even", 7) == [0, 3, 7, 10, 14, 17]
+    assert relabel_schedule(2, 0, "even", 5) == []
+    assert relabel_schedule(1, 5, "even", 5) == [0, 1, 2, 3, 4]  # one per step at most
+
+
+def test_quadratic_schedule_gaps_grow_like_the_official_imagenet_code():
+    steps = relabel_schedule(400, 100, "quadratic", 5000)
+    total = 400 * 5000
+    assert len(steps) == 100 and steps[0] == 0 and steps[-1] < total
+    assert steps[1] == total // 100**2 and steps[50] == total // 4
+    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    assert all(g2 >= g1 for g1, g2 in zip(gaps, gaps[1:]))
+    # Few steps: coinciding early steps are pushed apart, nothing leaves the run.
+    tight = relabel_schedule(2, 8, "quadratic", 5)
+    assert len(set(tight)) == 8 and tight == sorted(tight) and tight[-1] < 10
+
+
+@pytest.mark.parametrize("args, match", [
+    ((2, 11, "even", 5), "nopts = 11"),
+    ((2, 3, "cubic", 5), "kind"),
+    ((0, 3, "even", 5), "epochs"),
+    ((2, -1, "even", 5), "nopts"),
+    ((2, 1, "even", 0), "steps_per_epoch"),
+])
+def test_schedule_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        relabel_schedule(*args)
+
+
+def test_initial_labels_are_seeded_equipartitions():
+    labels = initial_labels(1003, [10, 128], seed=4)
+    assert labels.shape == (2, 1003)
+    for row, k in zip(labels, (10, 128)):
+        sizes = torch.bincount(row, minlength=k)
+        assert int(sizes.max() - sizes.min()) <= 1
+    assert torch.equal(labels, initial_labels(1003, [10, 128], seed=4))
+    assert not torch.equal(labels, initial_labels(1003, [10, 128], seed=5))
+
+
+# --------------------------------------------------------------------------------------------- learning
+
+
+@pytest.mark.slow
+def test_classroom_like_run_on_digits_learns_clusters(digits):
+    """Seed fixed. Measured over seeds 0-4 (6 epochs): NMI of the trained labels 0.39-0.58, labels
+    from the untrained network 0.14-0.18, random equipartitioned labels 0.01-0.02 (seed 0: 0.58)."""
+    config = config_from_preset("classroom", dataset="digits", device="cpu", epochs=6, nopts=6, batch_size=128,
+                                num_heads=1, num_clusters=10, seed=0)
+    records = []
+    result = train(config, digits, progress=False, callback=records.append)
+    assert records == result.history and [r["epoch"] for r in records] == list(range(1, 7))
+    final = nmi(digits.targets, result.labels[0])
+    random_labels = nmi(digits.targets, initial_labels(len(digits), [10], seed=0)[0])
+    untrained = nmi(digits.targets, relabel(random_init_model(config, digits), digits, lam=config.lam)[0].labels)
+    assert final >= random_labels + 0.3, (final, random_labels)
+    assert final >= untrained + 0.15, (final, untrained)
+    last = records[-1]
+    assert last["nmi"][0] == pytest.approx(final)
+    assert last["relabels"] == 1 and 0 <= last["label_change"][0] <= 1 and 0 < last["label_nmi_previous"][0] <= 1
+    assert records[0]["label_change"] is None  # the first optimisation replaces random labels
+    assert last["cluster_size_spread"][0] < 0.5  # near-equal clusters
+    assert records[-1]["loss"] < records[0]["loss"]
+    for key in ("seconds", "train_seconds", "relabel_seconds", "score_seconds", "solve_seconds"):
+        assert last[key] >= 0
+    assert result.timings["relabels"] == 6
+
+
+# --------------------------------------------------------------------------------------------- resuming
+
+
+@pytest.fixture(scope="module")
+def straight_run(digits):
+    return train(_small(), digits, progress=False)
+
+
+def _interrupt_after(epoch):
+    def callback(record):
+        if record["epoch"] == epoch:
+            raise KeyboardInterrupt
+
+    return callback
+
+
+def test_interrupted_run_resumes_bit_for_bit(digits, straight_run, tmp_path):
+    config = _small(checkpoint_dir=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        train(config, digits, progress=False, callback=_interrupt_after(2))
+    assert sorted(os.listdir(tmp_path)) == ["last.pt", "prev.pt"]
+    resumed = train(config, digits, progress=False)
+    assert _same_state(straight_run, resumed)
+    assert _untimed(resumed.history) == _untimed(straight_run.history)
+    # Calling again on a finished run trains nothing and returns the same state.
+    again = train(config, digits, progress=False, callback=_interrupt_after(4))
+    assert _same_state(resumed, again) and len(again.history) == 3
+
+
+def test_corrupt_checkpoint_is_reported_and_previous_one_still_works(digits, straight_run, tmp_path):
+    config = _small(checkpoint_dir=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        train(config, digits, progress=False, callback=_interrupt_after(2))
+    last = tmp_path / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(CheckpointError) as info:
+        train(config, digits, progress=False)
+    assert "last.pt" in str(info.value) and "prev.pt" in str(info.value)
+    os.replace(last, tmp_path / "last.pt.corrupt")
+    resumed = train(config, digits, progress=False)  # from prev.pt: epoch 1, then epochs 2 and 3 again
+    assert _same_state(straight_run, resumed)
+
+
+def test_resume_refuses_a_different_config(digits, tmp_path):
+    config = _small(checkpoint_dir=str(tmp_path), epochs=1, nopts=1)
+    train(config, digits, progress=False)
+    with pytest.raises(ValueError, match="lam"):
+        train(dataclasses.replace(config, lam=20.0), digits, progress=False)
+
+
+# --------------------------------------------------------------------------------------------- methods
+
+
+def test_supervised_kmeans_and_label_transfer(digits, straight_run, tmp_path):
+    def stop(record):
+        raise StopTraining
+
+    supervised = train(_small(method="supervised", eval_every=1, knn_k=20), digits, progress=False,
+                       eval_data=load_dataset("digits", "test"), callback=stop)
+    assert len(supervised.history) == 1  # stopped after the first of 3 epochs, result returned
+    subset = supervised.indices
+    assert torch.equal(supervised.labels[0], digits.targets[subset])
+    first = supervised.history[0]
+    assert first["relabels"] == 0 and first["nmi"][0] == 1.0 and 0.2 < first["knn_accuracy"] <= 1
+
+    kmeans = train(_small(method="kmeans", epochs=2, nopts=2), digits, progress=False)
+    assert kmeans.history[1]["relabels"] == 1
+    for row, k in zip(kmeans.labels, (10, 20)):
+        assert int(row.max()) < k and len(torch.unique(row)) > k // 2
+
+    # Export SeLa's labels for the subset, read them back, and train a new network on them.
+    path = export_labels_csv(tmp_path / "labels.csv", straight_run.labels, straight_run.indices)
+    labels, indices = read_labels_csv(path, return_indices=True)
+    assert torch.equal(indices, straight_run.indices) and torch.equal(labels, straight_run.labels)
+    full = torch.zeros(labels.shape[0], len(digits), dtype=torch.long)
+    full[:, indices] = labels
+    transfer = transfer_labels(_small(epochs=1, max_images=256), digits, full, progress=False)
+    assert torch.equal(transfer.labels, straight_run.labels)
+    assert transfer.model.num_clusters == [int(row.max()) + 1 for row in labels]
+    assert transfer.config.method == "supervised"
+
+
+def test_bad_training_input(digits):
+    with pytest.raises(ValueError, match="nopts"):
+        train(_small(nopts=50), digits, progress=False)  # 3 epochs x 8 batches
+    with pytest.raises(ValueError, match="supervised"):
+        train(_small(), digits, progress=False, labels=torch.zeros(len(digits), dtype=torch.long))
+    with pytest.raises(ValueError, match="at least 12"):
+        train(_small(method="supervised"), digits, progress=False,
+              labels=torch.full((2, len(digits)), 11, dtype=torch.long))
+    with pytest.raises(ValueError, match="TrainConfig"):
+        train({"epochs": 1}, digits)
