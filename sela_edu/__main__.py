@@ -1,0 +1,7 @@
+"""``python -m sela_edu`` is the ``sela-edu`` command (see :mod:`sela_edu.cli`)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

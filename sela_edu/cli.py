@@ -1,0 +1,225 @@
+"""The ``sela-edu`` command: run the notebook series, one notebook, the student edition, or training.
+
+Examples::
+
+    sela-edu run                                  # the series at the classroom profile -> results/run
+    sela-edu run --profile smoke --output /tmp/s  # seconds per notebook
+    sela-edu notebook 04_cifar_and_svhn -p profile paper -p dataset cifar100
+    sela-edu student --output student/
+    sela-edu train --preset classroom -s epochs 3           # training without a notebook
+    sela-edu imagenet-command --gpus 8 --arch resnet50      # prints the torchrun line for ImageNet
+    sela-edu refresh 01 02                        # re-execute the notebooks committed with outputs
+
+``python -m sela_edu ...`` is the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import notebook_tools as nbt
+from . import settings
+
+#: Notebooks committed with their outputs (compared by nbval in the tests).
+STORED_OUTPUT_NOTEBOOKS = ("01_optimal_transport_toy", "02_self_labelling_objective")
+
+
+def _parameters(pairs: Sequence[Sequence[str]] | None) -> dict:
+    return {key: nbt.parse_value(value) for key, value in (pairs or [])}
+
+
+def torchrun_command(*, gpus: int = 1, nodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
+                     master_port: int = 29500, preset: str = "imagenet-paper", arch: str = "alexnet",
+                     data_root: str | None = None, output: str = "results/imagenet",
+                     overrides: dict | None = None) -> list[str]:
+    """The torchrun command line (as a list of arguments) that trains SeLa on ImageNet on ``gpus`` GPUs
+    per node and ``nodes`` nodes: the paper's 10 heads x 3000 clusters, lambda 25 (``preset``).
+
+    Every process runs ``python -m sela_edu train`` with the same arguments; torchrun sets RANK,
+    WORLD_SIZE and LOCAL_RANK, and the trainer's label step all-reduces the cluster sums across them.
+    """
+    for name, value in (("gpus", gpus), ("nodes", nodes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not 0 <= node_rank < nodes:
+        raise ValueError(f"node_rank must be in [0, {nodes}), got {node_rank}")
+    cmd = ["torchrun", f"--nproc_per_node={gpus}"]
+    if nodes > 1:
+        cmd += [f"--nnodes={nodes}", f"--node_rank={node_rank}", f"--master_addr={master_addr}",
+                f"--master_port={master_port}"]
+    else:
+        cmd += ["--standalone"]
+    cmd += ["-m", "sela_edu", "train", "--preset", preset, "--dataset", "imagenet", "-s", "arch", arch,
+            "--output", output]
+    if data_root:
+        cmd += ["--data-root", str(data_root)]
+    for key, value in (overrides or {}).items():
+        cmd += ["-s", str(key), str(value)]
+    return cmd
+
+
+def _cmd_run(args) -> int:
+    output = Path(args.output)
+    start = time.perf_counter()
+    statuses = nbt.run_series(args.profile, output, only=args.only or None, parameters=_parameters(args.param),
+                              data_root=args.data_root, figures_dir=args.figures, timeout=args.timeout)
+    print()
+    print(nbt.series_summary(output, statuses))
+    print(f"\nexecuted notebooks: {output / 'notebooks'}; figures: {Path(args.figures) if args.figures else output / 'figures'}; "
+          f"{time.perf_counter() - start:.0f} s in all")
+    return 1 if any(s.status == "failed" for s in statuses) else 0
+
+
+def _cmd_notebook(args) -> int:
+    params = _parameters(args.param)
+    src = nbt.notebook_path(args.name)
+    output = Path(args.output) if args.output else settings.results_dir() / "notebooks"
+    target = output / src.name if output.suffix != ".ipynb" else output
+    results = target.parent
+    if "output_dir" not in params:
+        params["output_dir"] = str(results)
+    start = time.perf_counter()
+    nbt.execute_notebook(src, target, params, figures_dir=args.figures, results_dir=results,
+                         data_root=args.data_root, timeout=args.timeout, progress=not args.quiet)
+    print(f"executed {src.name} -> {target} ({time.perf_counter() - start:.0f} s)")
+    records = nbt.load_results(results)
+    if src.stem in records:
+        print(nbt.summary_table({src.stem: records[src.stem]}))
+    return 0
+
+
+def _cmd_student(args) -> int:
+    paths = nbt.build_student_edition(args.output, args.source)
+    for p in paths:
+        print(p)
+    print(f"student edition: {len(paths)} notebooks in {args.output}")
+    return 0
+
+
+def _cmd_refresh(args) -> int:
+    names = args.names or list(STORED_OUTPUT_NOTEBOOKS)
+    for name in names:
+        path = nbt.refresh_stored_outputs(name, timeout=args.timeout)
+        print(f"re-executed {path} in place")
+    return 0
+
+
+def _cmd_imagenet_command(args) -> int:
+    cmd = torchrun_command(gpus=args.gpus, nodes=args.nodes, node_rank=args.node_rank, master_addr=args.master_addr,
+                           master_port=args.master_port, arch=args.arch, data_root=args.data_root, output=args.output,
+                           overrides=_parameters(args.set))
+    print(shlex.join(cmd))
+    return 0
+
+
+def _cmd_train(args) -> int:
+    """Training without a notebook; under torchrun every rank runs this."""
+    import torch
+
+    from . import distributed
+    from .data import load_dataset
+    from .labels_io import export_labels_csv
+    from .trainer import config_from_preset, train
+
+    overrides = _parameters(args.set)
+    if args.dataset:
+        overrides["dataset"] = args.dataset
+    output = Path(args.output)
+    overrides.setdefault("checkpoint_dir", str(output / "checkpoints"))
+    rank, world = distributed.init_from_env()
+    try:
+        config = config_from_preset(args.preset, **overrides)
+        data = load_dataset(config.dataset, "train", root=args.data_root)
+        result = train(config, data, progress=(rank == 0))
+        if rank == 0:
+            output.mkdir(parents=True, exist_ok=True)
+            labels = result.labels
+            indices = result.indices if result.indices is not None else None
+            export_labels_csv(output / "labels.csv", labels, indices)
+            torch.save(result.model.state_dict(), output / "model.pt")
+            last = result.history[-1] if result.history else {}
+            print(f"trained {config.epochs} epochs on {config.dataset} ({world} process(es)); last epoch: "
+                  + ", ".join(f"{k}={v}" for k, v in last.items() if isinstance(v, (int, float)))[:400])
+            print(f"labels -> {output / 'labels.csv'}; weights -> {output / 'model.pt'}")
+    finally:
+        distributed.cleanup()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sela-edu", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--data-root", default=None, help="data folder (default $SELA_DATA_ROOT or data/)")
+        p.add_argument("--figures", default=None, help="figures folder")
+        p.add_argument("--timeout", type=int, default=None, help="seconds per cell at most")
+        p.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                       help="notebook parameter (repeatable); values are parsed as JSON where possible")
+
+    p = sub.add_parser("run", help="run the notebook series with papermill and print the summary table")
+    p.add_argument("--profile", default="classroom", choices=nbt.PROFILES)
+    p.add_argument("--output", default=str(settings.REPO_ROOT / "results" / "run"))
+    p.add_argument("--only", nargs="*", help="notebook names or numbers (default: the whole series)")
+    common(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("notebook", help="run one notebook with any parameters")
+    p.add_argument("name", help="e.g. 04_cifar_and_svhn, or just 04")
+    p.add_argument("--output", default=None, help="folder (or .ipynb path) for the executed notebook")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    common(p)
+    p.set_defaults(func=_cmd_notebook)
+
+    p = sub.add_parser("student", help="build the student edition (solution cells removed)")
+    p.add_argument("--output", default="student")
+    p.add_argument("--source", default=None, help="folder of solution notebooks (default notebooks/)")
+    p.set_defaults(func=_cmd_student)
+
+    p = sub.add_parser("refresh", help="re-execute the notebooks committed with outputs, in place")
+    p.add_argument("names", nargs="*", help=f"default: {', '.join(STORED_OUTPUT_NOTEBOOKS)}")
+    p.add_argument("--timeout", type=int, default=600)
+    p.set_defaults(func=_cmd_refresh)
+
+    p = sub.add_parser("imagenet-command", help="print the torchrun command for ImageNet training")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs per node")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--node-rank", type=int, default=0)
+    p.add_argument("--master-addr", default="127.0.0.1")
+    p.add_argument("--master-port", type=int, default=29500)
+    p.add_argument("--arch", default="alexnet", choices=["alexnet", "resnet50"])
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--output", default="results/imagenet")
+    p.add_argument("-s", "--set", nargs=2, action="append", metavar=("FIELD", "VALUE"),
+                   help="TrainConfig override (repeatable)")
+    p.set_defaults(func=_cmd_imagenet_command)
+
+    p = sub.add_parser("train", help="train from a preset (what torchrun launches)")
+    p.add_argument("--preset", default="classroom")
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--output", default=str(settings.REPO_ROOT / "results" / "train"))
+    p.add_argument("-s", "--set", nargs=2, action="append", metavar=("FIELD", "VALUE"),
+                   help="TrainConfig override, e.g. -s epochs 3 (repeatable)")
+    p.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"sela-edu: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
