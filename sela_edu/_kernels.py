@@ -161,14 +161,15 @@ def argmax_scaled(P: torch.Tensor, b: torch.Tensor, backend: str) -> torch.Tenso
         if P.dtype == torch.bfloat16:
             return torch.from_numpy(_argmax_scaled_bf16(_as_numpy(P), b.numpy(), _num_blocks(P.shape[0])))
         return torch.from_numpy(_argmax_scaled_f32(P.numpy(), b.numpy()))
-    return torch.cat([(block * b).argmax(dim=1) for block in _torch_blocks(P)])
+    # block by block: the product P * b would otherwise be a second N x K matrix
+    return torch.cat([(block * b).argmax(dim=1) for block in _torch_blocks(P, whole=False)])
 
 
-def _torch_blocks(P: torch.Tensor):
+def _torch_blocks(P: torch.Tensor, whole: bool = True):
     """Float32 views (or small float32 copies, for half storage) of consecutive row blocks of ``P``."""
-    if P.dtype == torch.float32:
+    if P.dtype == torch.float32 and whole:
         yield P  # cuBLAS / MKL matrix-vector products are already bandwidth-bound on the whole matrix
         return
     rows = max(1, _TORCH_BLOCK_BYTES // (4 * P.shape[1]))
     for start in range(0, P.shape[0], rows):
-        yield P[start : start + rows].float()
+        yield P[start : start + rows].float()  # a view when P is already float32
