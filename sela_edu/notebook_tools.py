@@ -342,6 +342,8 @@ def summary_table(records: Mapping[str, dict], statuses: Mapping[str, str] | Non
     names += [n for n in records if n not in names]
     for name in names:
         status = (statuses or {}).get(name, "ok")
+        if len(status) > 48:  # the full message is printed with the run; keep the table readable
+            status = status[:45] + "..."
         values = records.get(name, {}).get("values", {})
         if not values:
             rows.append((name, status, "", "", ""))

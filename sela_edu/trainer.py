@@ -65,7 +65,9 @@ METHODS = ("sela", "kmeans", "supervised")
 SCHEDULES = ("even", "quadratic")
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: Config fields that may change between a run and its resumption (they do not change the maths).
-RESUMABLE_CHANGES = ("epochs", "checkpoint_dir", "device", "num_workers", "eval_every")
+# Settings that do not change what is trained (where it runs, how it is watched), so a checkpoint
+# written under other values resumes exactly.
+RESUMABLE_CHANGES = ("epochs", "checkpoint_dir", "device", "num_workers", "eval_every", "knn_k")
 
 
 @dataclass
