@@ -82,7 +82,9 @@ class TrainConfig:
         epochs, nopts, nopt_schedule: training length; number of label optimisations and their spacing
             ("even" or "quadratic", denser late, see :func:`relabel_schedule`).
         batch_size, lr, momentum, weight_decay, lr_milestones, lr_gamma: SGD, with the learning rate
-            multiplied by ``lr_gamma`` at each epoch in ``lr_milestones``. ``batch_size`` is per process.
+            multiplied by ``lr_gamma`` at each epoch in ``lr_milestones`` (``lr_schedule="step"``) or
+            decayed to zero along a cosine over the epochs (``lr_schedule="cosine"``). ``batch_size`` is
+            per process.
         method: "sela", "kmeans" or "supervised".
         storage_dtype: dtype of the score buffers the solver reads ("float32", "float16" or "bfloat16").
         sinkhorn_tol, sinkhorn_max_iter: the solver's stopping rule.
@@ -111,6 +113,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     lr_milestones: list[int] = field(default_factory=list)
     lr_gamma: float = 0.1
+    lr_schedule: str = "step"
     method: str = "sela"
     storage_dtype: str = "float32"
     sinkhorn_tol: float = 1e-3
@@ -150,6 +153,8 @@ class TrainConfig:
         self.cluster_list()  # validates num_clusters against num_heads
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        if self.lr_schedule not in ("step", "cosine"):
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose 'step' or 'cosine'")
         if self.nopt_schedule not in SCHEDULES:
             raise ValueError(f"unknown nopt_schedule {self.nopt_schedule!r}; choose one of {SCHEDULES}")
         if self.storage_dtype not in STORAGE_DTYPES:
@@ -203,14 +208,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                            epochs=400, nopts=100, nopt_schedule="quadratic", batch_size=256, lr=0.05,
                            momentum=0.9, weight_decay=1e-5, lr_milestones=[150, 300, 350], lr_gamma=0.1,
                            storage_dtype="bfloat16", num_workers=8),
-    # Minutes on a laptop CPU: Fashion-MNIST, a small CNN, two 10-cluster heads and two overclustering
-    # heads, one label optimisation per epoch. Measured with one free CPU thread: about 1000 images/s
-    # training and 4000 images/s scoring, so about 75 s per epoch (on 2 cores shared by several jobs:
-    # 4-5 minutes); the solve takes under a second. NMI of the 10-cluster heads 0.24 after the first
-    # epoch (labels of the untrained network), 0.33 after the second.
-    "classroom": dict(dataset="fashion-mnist", arch="smallcnn", num_heads=4, num_clusters=[10, 10, 20, 40],
-                      lam=10.0, epochs=6, nopts=6, nopt_schedule="even", batch_size=256, lr=0.05,
-                      momentum=0.9, weight_decay=5e-4, lr_milestones=[], storage_dtype="float32"),
+    # Minutes on a laptop CPU (benchmarks/recipe_search.py and benchmarks/fashion_study.py, README):
+    # Fashion-MNIST, the small CNN (all-stride-2 convs, flattened 4 x 4 map, 256-d feature), one head of
+    # 10 clusters and three over-clustering heads (they shape the features), lambda 10, cosine learning
+    # rate, and 16 label optimisations spaced quadratically: dense at the start, when labels of a young
+    # network change fast and early relabelling is what lifts NMI, sparse at the end.
+    "classroom": dict(dataset="fashion-mnist", arch="smallcnn", num_heads=4, num_clusters=[10, 20, 50, 100],
+                      lam=10.0, epochs=8, nopts=16, nopt_schedule="quadratic", batch_size=256, lr=0.05,
+                      momentum=0.9, weight_decay=5e-4, lr_milestones=[], lr_schedule="cosine",
+                      storage_dtype="float32"),
     # Seconds: two epochs on a few hundred digits, for tests and for checking an installation.
     "smoke": dict(dataset="digits", arch="smallcnn", num_heads=2, num_clusters=[10, 20], lam=10.0, epochs=2,
                   nopts=2, nopt_schedule="even", batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
@@ -678,8 +684,11 @@ def train(config: TrainConfig, data=None, *, eval_data=None, callback: Callable[
     model = build_for_config(config, data).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=config.lr_milestones,
-                                                     gamma=config.lr_gamma)
+    if config.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    else:
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=config.lr_milestones,
+                                                         gamma=config.lr_gamma)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loader = make_loader(data, config.batch_size, train=True, device=device, seed=config.seed,
                          distributed=world > 1, num_workers=config.num_workers)
