@@ -124,6 +124,42 @@ if HAVE_NUMBA:
 NUMBA_MIN_ENTRIES = 2**22
 
 
+if HAVE_NUMBA:
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _row_shift_and_column_max(S, lam, row_max, nblocks):  # pragma: no cover - compiled
+        # row_max_i = max_k lam * S_ik; returns max_i (lam * S_ik - row_max_i) per column
+        m, k = S.shape
+        partial = np.full((nblocks, k), -np.inf, np.float32)
+        step = (m + nblocks - 1) // nblocks
+        for blk in prange(nblocks):
+            acc = partial[blk]
+            for i in range(blk * step, min(m, (blk + 1) * step)):
+                row = S[i]
+                best = row[0]
+                for j in range(1, k):
+                    best = max(best, row[j])
+                r = lam * best
+                row_max[i] = r
+                for j in range(k):
+                    acc[j] = max(acc[j], lam * row[j] - r)
+        out = partial[0].copy()
+        for blk in range(1, nblocks):
+            for j in range(k):
+                out[j] = max(out[j], partial[blk, j])
+        return out
+
+
+def row_and_column_max(S: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``r_i = max_k lam S_ik`` and ``c_k = max_i (lam S_ik - r_i)`` in one compiled pass over ``S``, or
+    ``None`` where the kernel does not apply (torch's column reduction is slow at this shape on the CPU)."""
+    if not (HAVE_NUMBA and S.device.type == "cpu" and S.dtype == torch.float32 and S.is_contiguous()):
+        return None
+    row_max = np.empty(S.shape[0], np.float32)
+    col_max = _row_shift_and_column_max(S.numpy(), np.float32(lam), row_max, _num_blocks(S.shape[0], 256))
+    return torch.from_numpy(row_max), torch.from_numpy(col_max)
+
+
 def numba_supports(P: torch.Tensor) -> bool:
     """Whether the compiled CPU kernels can run on this storage."""
     return HAVE_NUMBA and P.device.type == "cpu" and P.dtype in (torch.float32, torch.bfloat16) and P.is_contiguous()
@@ -135,9 +171,9 @@ def _as_numpy(P: torch.Tensor) -> np.ndarray:
     return P.numpy()
 
 
-def _num_blocks(n: int) -> int:
+def _num_blocks(n: int, rows_per_block: int = _ROWS_PER_PARTIAL) -> int:
     threads = numba.get_num_threads() if HAVE_NUMBA else 1
-    return max(threads, -(-n // _ROWS_PER_PARTIAL))
+    return max(1, min(n, max(threads, -(-n // rows_per_block))))
 
 
 def column_sums(P: torch.Tensor, b: torch.Tensor, backend: str) -> torch.Tensor:
