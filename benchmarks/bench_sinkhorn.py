@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_sinkhorn.py            # all sizes that fit in memory
     .venv/bin/python benchmarks/bench_sinkhorn.py --sizes 50000x1000 --no-reference
+    python benchmarks/bench_sinkhorn.py --device cuda --sizes 1280000x3000   # on a GPU machine
 
 What it prints, per N x K (scores are standard normal logits, lambda 25):
   * the solver end to end (forming P from the scores included), its iterations, and milliseconds per
@@ -52,7 +53,8 @@ def available_memory_bytes() -> int:
     return 0
 
 
-def bench_size(n: int, k: int, lam: float, bandwidth: float, storage: str, reference: bool, seed: int = 0) -> dict:
+def bench_size(n: int, k: int, lam: float, bandwidth: float, storage: str, reference: bool, seed: int = 0,
+               device: str = "cpu") -> dict:
     import torch
 
     from sela_edu import _kernels
@@ -61,28 +63,35 @@ def bench_size(n: int, k: int, lam: float, bandwidth: float, storage: str, refer
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[storage]
     itemsize = 4 if storage == "float32" else 2
     p_bytes = n * k * itemsize
-    dense = n * k * 4 * 2 + p_bytes < 0.8 * available_memory_bytes()  # scores + a float32 copy + P
-    if not dense and p_bytes + 4 * 2**30 > available_memory_bytes():
+    free = available_memory_bytes() if device == "cpu" else torch.cuda.mem_get_info()[0]
+    dense = n * k * 4 * 2 + p_bytes < 0.8 * free  # scores + a float32 copy + P
+    if not dense and p_bytes + 4 * 2**30 > free:
         return {"skipped": f"P alone needs {p_bytes / 1e9:.1f} GB"}
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     row = {"N": n, "K": k, "storage": storage}
     if dense:
-        scores = torch.randn(n, k, generator=g)
+        scores = torch.randn(n, k, generator=g, device=device)
+        sync()
         start = time.perf_counter()
         result = self_label(scores, lam, storage_dtype=dtype)
+        sync()
         row["seconds"] = time.perf_counter() - start
         row["mode"] = "dense"
     else:  # stream blocks into the buffer; generating the random blocks is not timed
-        buf = ScoreBuffer(n, k, lam, storage_dtype=dtype)
+        buf = ScoreBuffer(n, k, lam, storage_dtype=dtype, device=device)
         block = 8192
         add_seconds = 0.0
         for start_row in range(0, n, block):
-            chunk = torch.randn(min(block, n - start_row), k, generator=g)
+            chunk = torch.randn(min(block, n - start_row), k, generator=g, device=device)
+            sync()
             t0 = time.perf_counter()
             buf.add(chunk)
+            sync()
             add_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
         result = self_label(buf)
+        sync()
         row["seconds"] = add_seconds + time.perf_counter() - t0
         row["mode"] = "streamed"
         scores = None
@@ -91,10 +100,10 @@ def bench_size(n: int, k: int, lam: float, bandwidth: float, storage: str, refer
     # one iteration on its own: the fused pass over P plus the K-vector updates
     P = buf.storage if scores is None else _storage_of(scores, lam, dtype)
     backend = "numba" if _kernels.numba_supports(P) and P.numel() >= _kernels.NUMBA_MIN_ENTRIES else "torch"
-    b = torch.ones(k)
+    b = torch.ones(k, device=P.device if backend == "torch" else "cpu")
     _kernels.column_sums(P, b, backend)
     reps = 5 if n * k < 5e8 else 2
-    per_iter = min(_timed(lambda: _kernels.column_sums(P, b, backend)) for _ in range(reps))
+    per_iter = min(_timed(lambda: (_kernels.column_sums(P, b, backend), sync())) for _ in range(reps))
     row["ms_per_iter"] = per_iter * 1e3
     read_twice = 2 * p_bytes / (bandwidth * 1e9)
     row["budget_ratio"] = per_iter / read_twice  # target: <= 1.5
@@ -104,20 +113,20 @@ def bench_size(n: int, k: int, lam: float, bandwidth: float, storage: str, refer
     gc.collect()
 
     if reference and scores is not None and n * k * 8 * 3 < 0.8 * available_memory_bytes():
-        s64 = scores.numpy()
+        s64 = scores.cpu().numpy()
         start = time.perf_counter()
         ref = reference_self_label(s64, lam, tol=1e-2)
         row["reference_seconds"] = time.perf_counter() - start
         row["reference_iterations"] = ref.iterations
         row["speedup"] = row["reference_seconds"] / row["seconds"]
-        row["label_agreement"] = float((ref.labels == result.labels.numpy()).mean())
+        row["label_agreement"] = float((ref.labels == result.labels.cpu().numpy()).mean())
     return row
 
 
 def _storage_of(scores, lam, dtype):
     from sela_edu.sinkhorn import ScoreBuffer
 
-    buf = ScoreBuffer(scores.shape[0], scores.shape[1], lam, storage_dtype=dtype)
+    buf = ScoreBuffer(scores.shape[0], scores.shape[1], lam, storage_dtype=dtype, device=scores.device)
     buf.add(scores)
     return buf.finalise()
 
@@ -128,6 +137,7 @@ def main(argv=None) -> None:
     parser.add_argument("--lam", type=float, default=25.0)
     parser.add_argument("--storage", default="float32,bfloat16")
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda to time the GPU path (bandwidth is then the CPU's)")
     args = parser.parse_args(argv)
 
     bw = measure_bandwidth()
@@ -144,7 +154,8 @@ def main(argv=None) -> None:
     for size in args.sizes.split(","):
         n, k = (int(v) for v in size.lower().split("x"))
         for storage in args.storage.split(","):
-            row = bench_size(n, k, args.lam, bw["best"], storage, reference=not args.no_reference and storage == "float32")
+            row = bench_size(n, k, args.lam, bw["best"], storage, reference=not args.no_reference and storage == "float32",
+                             device=args.device)
             if "skipped" in row:
                 print(f"{size:>14} {storage:>8}  skipped: {row['skipped']}")
                 continue
