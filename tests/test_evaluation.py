@@ -11,13 +11,7 @@ from sela_edu.metrics import nmi
 from sela_edu.models import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small problems: one thread avoids OpenMP threads waiting on each other on the shared machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- extract_features

@@ -5,14 +5,7 @@ from torch import nn
 from sela_edu.models import ARCHS, MultiHeadNet, build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These are tiny batches: on the shared 2-core machine, two OpenMP threads that wait on each other
-    # under load were measured 10-70x slower than one thread. Restored after the module.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # (arch, in_channels, image_size, feature_dim, extra kwargs); batch 2 keeps the 224 px AlexNet cheap
 # on CPU, and the ResNets run at small sizes (their small stem keeps full resolution: costly at 32 px).

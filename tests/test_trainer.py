@@ -20,13 +20,7 @@ TIME_KEYS = {"seconds", "train_seconds", "relabel_seconds", "score_seconds", "so
              "checkpoint_seconds", "images_per_second"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machine's cores are shared: one thread per process avoids OpenMP spin contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
