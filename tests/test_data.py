@@ -237,7 +237,9 @@ def test_default_augment_settings():
     assert default_augment("svhn").flip is False and default_augment("cifar10").flip is True
     paper = default_augment("cifar100")
     assert (paper.scale, paper.grayscale, paper.brightness, paper.size) == ((0.2, 1.0), 0.2, 0.4, 32)
-    assert default_augment("fashion-mnist").scale == (0.4, 1.0) and default_augment("imagenet").size == 224
+    fashion = default_augment("fashion-mnist")
+    assert (fashion.scale, fashion.flip, fashion.brightness, fashion.contrast) == ((0.2, 1.0), True, 0.4, 0.4)
+    assert default_augment("imagenet").size == 224
 
 
 # --- loaders --------------------------------------------------------------------------------------
