@@ -336,8 +336,8 @@ def _solve_one(
         drift = potential - absorbed
         spread = float(drift.max() - drift.min())
         if spread > _ABSORB_NATS and buffer.log_scores is not None:
-            buffer.reform(potential - potential.max())
             absorbed = potential - potential.max()
+            buffer.reform(absorbed)
             potential = absorbed.clone()
             rebuilds += 1
         elif spread > _MAX_SPREAD_NATS:
