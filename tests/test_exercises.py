@@ -93,7 +93,7 @@ def test_labels_from_plan():
         exercises.check_labels_from_plan(lambda p, r, c: p.argmax(1), quiet=True)
     with pytest.raises(ExerciseFailure, match="argmax over its rows"):
         exercises.check_labels_from_plan(lambda p, r, c: p * r[:, None] * c, quiet=True)
-    with pytest.raises(ExerciseFailure, match="divided"):
+    with pytest.raises(ExerciseFailure, match="multiply \\(not divide\\)"):
         exercises.check_labels_from_plan(lambda p, r, c: (p / r[:, None] / c).argmax(1), quiet=True)
 
 
@@ -122,7 +122,8 @@ def test_knn_vote_accepts_right_answers():
         (lambda s, l, c, t: vote_right(np.log(np.clip(s, 1e-12, None)) * t, l, c, t), "similarity itself"),
         (lambda s, l, c, t: vote_right(s, l, c, 1.0), "without the temperature"),
         (lambda s, l, c, t: l[:, 0], "nearest neighbour"),
-        (lambda s, l, c, t: np.exp(s / t), "shape"),
+        (lambda s, l, c, t: np.exp(s / t), "vote totals"),
+        (lambda s, l, c, t: vote_right(s * t * t, l, c, t), "majority"),   # exp(s * T): weights too flat
     ],
 )
 def test_knn_vote_rejects_wrong_answers(wrong, hint):
@@ -133,3 +134,144 @@ def test_knn_vote_rejects_wrong_answers(wrong, hint):
 def test_checker_refuses_a_non_function():
     with pytest.raises(ExerciseFailure, match="pass your function"):
         exercises.check_sinkhorn_step(np.eye(2))
+
+
+# ---------------------------------------------------------------- 04: the multi-head loss
+
+import torch.nn.functional as F  # noqa: E402
+
+
+def loss_right(scores, labels):
+    return torch.stack([F.cross_entropy(s, y) for s, y in zip(scores, labels)]).mean()
+
+
+def test_multihead_loss_accepts_right_answers():
+    exercises.check_multihead_loss(loss_right, quiet=True)
+    exercises.check_multihead_loss(
+        lambda scores, labels: sum(-torch.log_softmax(s, 1).gather(1, y[:, None]).mean() for s, y in zip(scores, labels))
+        / len(scores), quiet=True)
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (lambda s, y: sum(F.cross_entropy(a, b) for a, b in zip(s, y)), "summed"),
+        (lambda s, y: F.cross_entropy(s[0], y[0]), "only head 0"),
+        (lambda s, y: torch.stack([F.cross_entropy(a, y[0]) for a in s]).mean(), "head 0's labels"),
+        (lambda s, y: torch.stack([F.nll_loss(a, b) for a, b in zip(s, y)]).mean(), "log_softmax"),
+        (lambda s, y: torch.stack([F.cross_entropy(a.softmax(1), b) for a, b in zip(s, y)]).mean(), "softmax yourself"),
+        (lambda s, y: loss_right(s, y).item(), "tensor"),
+        (lambda s, y: loss_right(s, y).detach(), "backpropagate"),
+        (lambda s, y: torch.stack([F.cross_entropy(a, b, reduction="none") for a, b in zip(s, y)]), "one number"),
+    ],
+)
+def test_multihead_loss_rejects_wrong_answers(wrong, hint):
+    with pytest.raises(ExerciseFailure, match=hint):
+        exercises.check_multihead_loss(wrong, quiet=True)
+
+
+# ---------------------------------------------------------------- 05: cluster sizes
+
+def spread_right(labels, k):
+    sizes = np.bincount(labels, minlength=k) / (len(labels) / k)
+    return sizes.min(), sizes.max()
+
+
+def test_size_spread():
+    exercises.check_size_spread(spread_right, quiet=True)
+    exercises.check_size_spread(lambda y, k: tuple(torch.bincount(torch.as_tensor(y), minlength=k).float()
+                                                   .mul(k / len(y)).aminmax()), quiet=True)
+    for wrong, hint in [
+        (lambda y, k: spread_right(y, k)[::-1], "swapped"),
+        (lambda y, k: (np.bincount(y, minlength=k).min(), np.bincount(y, minlength=k).max()), "raw counts"),
+        (lambda y, k: tuple(v / k for v in spread_right(y, k)), "divided by N"),
+        (lambda y, k: spread_right(np.unique(y, return_inverse=True)[1], len(np.unique(y))), "empty"),
+        (lambda y, k: 1.0, "two numbers"),
+    ]:
+        with pytest.raises(ExerciseFailure, match=hint):
+            exercises.check_size_spread(wrong, quiet=True)
+
+
+# ---------------------------------------------------------------- 06: matched agreement
+
+def agreement_right(a, b):
+    from scipy.optimize import linear_sum_assignment
+
+    counts = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(counts, (a, b), 1)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return counts[rows, cols].sum() / len(a)
+
+
+def majority_match(a, b):
+    counts = np.zeros((b.max() + 1, a.max() + 1))
+    np.add.at(counts, (b, a), 1)
+    return counts.max(1).sum() / len(a)
+
+
+def test_matched_agreement():
+    exercises.check_matched_agreement(agreement_right, quiet=True)
+    for wrong, hint in [
+        (lambda a, b: np.mean(a == b), "compared the ids directly"),
+        (majority_match, "majority class"),
+        (lambda a, b: 100 * agreement_right(a, b), "percentage"),
+        (lambda a, b: 1 - agreement_right(a, b), "disagreement"),
+    ]:
+        with pytest.raises(ExerciseFailure, match=hint):
+            exercises.check_matched_agreement(wrong, quiet=True)
+
+
+# ---------------------------------------------------------------- 07: streaming column maxima
+
+def colmax_right(blocks):
+    running = None
+    for block in blocks:
+        m = block.amax(0)
+        running = m if running is None else torch.maximum(running, m)
+    return running
+
+
+def colmax_from_zero(blocks):
+    running = None
+    for block in blocks:
+        running = torch.zeros(block.shape[1]) if running is None else running
+        running = torch.maximum(running, block.amax(0))
+    return running
+
+
+def colmax_last(blocks):
+    for block in blocks:
+        m = block.amax(0)
+    return m
+
+
+def test_column_max():
+    exercises.check_column_max(colmax_right, quiet=True)
+    exercises.check_column_max(lambda blocks: np.max(np.concatenate([b.numpy() for b in blocks]), axis=0), quiet=True)
+    for wrong, hint in [
+        (colmax_from_zero, "started the running maximum at 0"),
+        (colmax_last, "only the last block"),
+        (lambda blocks: torch.cat(list(blocks)).amax(1), "one value per row"),
+    ]:
+        with pytest.raises(ExerciseFailure, match=hint):
+            exercises.check_column_max(wrong, quiet=True)
+
+
+# ---------------------------------------------------------------- every exercise
+
+@pytest.mark.parametrize("name", sorted(exercises.EXERCISES))
+def test_every_checker_turns_a_stub_into_the_not_written_hint(name):
+    checker, _ = exercises.EXERCISES[name]
+
+    def stub(*args):
+        # YOUR CODE HERE
+        raise NotImplementedError()
+
+    with pytest.raises(ExerciseFailure, match="not written yet.*YOUR CODE HERE"):
+        checker(stub, quiet=True)
+
+
+def test_the_package_ships_no_reference_answers():
+    """No private reference implementation of an exercise in the module students import."""
+    names = [n for n in dir(exercises) if n.startswith("_reference")]
+    assert names == []
