@@ -151,6 +151,21 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_label(args) -> int:
+    """Self-label a folder of images (sela_edu.label_folder)."""
+    from .label_folder import label_folder
+
+    result = label_folder(args.folder, args.output, clusters=args.clusters, heads=args.heads, epochs=args.epochs,
+                          backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
+                          lam=args.lam, seed=args.seed, device=args.device, restart=args.restart,
+                          per_cluster=args.per_cluster, progress=not args.quiet)
+    out = result.output
+    print(f"labelled {len(result.paths)} images in {result.seconds:.0f} s ({len(result.skipped)} skipped); "
+          f"heads {[int(row.max()) + 1 for row in result.labels]}")
+    print(f"labels -> {out / 'labels.csv'}; contact sheet -> {out / 'index.html'}; skipped -> {out / 'skipped.txt'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sela-edu", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -208,6 +223,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--set", nargs=2, action="append", metavar=("FIELD", "VALUE"),
                    help="TrainConfig override, e.g. -s epochs 3 (repeatable)")
     p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("label", help="self-label every image under a folder: labels.csv and a contact sheet")
+    p.add_argument("folder", help="folder of images (any tree of JPEG/PNG files; no class folders needed)")
+    p.add_argument("--clusters", required=True, help="K for every head, or one K per head: 10 or 10,20,50")
+    p.add_argument("--heads", type=int, default=None, help="number of heads (default: one per K given)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: about 150,000 images seen)")
+    p.add_argument("--backbone", default=None,
+                   help="start from a pretrained backbone: a released model name (see sela_edu.pretrained), "
+                        "torchvision:resnet18 / torchvision:resnet50, or a checkpoint file")
+    p.add_argument("--output", required=True, help="folder for labels.csv, index.html, skipped.txt, model.pt")
+    p.add_argument("--image-size", type=int, default=None, help="pixels (default 32; a backbone's own, e.g. 224)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lam", type=float, default=10.0, help="Sinkhorn's lambda (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--per-cluster", type=int, default=24, help="thumbnails per cluster on the contact sheet")
+    p.add_argument("--restart", action="store_true", help="start over instead of resuming from OUTPUT/checkpoints")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_label)
     return parser
 
 

@@ -1,0 +1,537 @@
+"""Self-label a folder of your own images: ``sela-edu label FOLDER --clusters K --output OUT``.
+
+Every image file under ``FOLDER`` (any tree; JPEG, PNG and whatever else Pillow decodes; no class
+folders needed; hidden files and folders, those whose names start with ``.``, are left out) is read
+once, shrunk to a small square (``image_size``, default 32 px: the whole set then sits in memory as one
+uint8 tensor) and self-labelled with SeLa. Files that are not images, or cannot be decoded, are named on
+the console as they are met, get no label and are listed in ``OUT/skipped.txt``; labelling goes on.
+
+Two ways to get the network:
+
+* **From a random network** (the default): the kit's trainer (:func:`sela_edu.trainer.train`) trains
+  the small CNN on the in-memory images with the paper's augmentations, ``heads`` heads of ``clusters``
+  clusters, label optimisations dense early and sparse late. Checkpoints go to ``OUT/checkpoints``
+  after every epoch; running the same command again resumes there (``restart=True`` starts over).
+* **From a pretrained backbone** (``backbone=``): a released SeLa model by name (see
+  :mod:`sela_edu.pretrained`), ``torchvision:resnet18`` / ``torchvision:resnet50`` (ImageNet-supervised
+  weights, downloaded by torchvision), or a checkpoint file (an official one, a torchvision-format one, a
+  kit training checkpoint, or the ``model.pt`` an earlier ``sela-edu label`` run wrote). The backbone is
+  frozen: its features are computed once (saved block by block in ``OUT/checkpoints``, so an interrupted
+  run resumes) and SeLa trains new heads on them, alternating Sinkhorn-Knopp label optimisation and
+  cross-entropy steps as in the paper.
+
+Outputs in ``OUT``:
+
+* ``labels.csv``: the image's path relative to ``FOLDER`` (``/`` separators), then one column per head
+  (``head0, head1, ...``), one row per labelled image; read it with
+  :func:`sela_edu.labels_io.read_path_labels_csv`. The labels are the final equal-sized assignment
+  (Sinkhorn-Knopp on the trained network's scores).
+* ``index.html``: a contact sheet, one section per head and one row of thumbnails per cluster (its most
+  confident images first, with the cluster's size); thumbnails are embedded, so the file opens anywhere.
+* ``skipped.txt``: ``path<TAB>reason`` for every file that got no label.
+* ``model.pt``: the network (kit format, loadable with :func:`sela_edu.pretrained.load_checkpoint_file`
+  and usable as ``--backbone`` for another folder), and ``summary.json`` (settings, sizes, timings).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+
+
+@dataclass
+class LoadedImages:
+    """The decoded images of a folder: ``paths[i]`` (relative, ``/`` separators) for ``images[i]``."""
+
+    paths: list[str]
+    images: torch.Tensor                   # uint8 N x C x S x S (C = 1 when every image is grey)
+    skipped: list[tuple[str, str]]         # (relative path, reason)
+
+
+@dataclass
+class LabelFolderResult:
+    """What :func:`label_folder` produced (also written to ``output``)."""
+
+    paths: list[str]
+    labels: torch.Tensor                   # LongTensor num_heads x N
+    skipped: list[tuple[str, str]]
+    output: Path
+    seconds: float
+    mode: str                              # "random" or "backbone"
+    model: nn.Module | None = None
+    history: list[dict] = field(default_factory=list)
+    confidence: torch.Tensor | None = None  # num_heads x N, softmax probability of the assigned cluster
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the folder
+# --------------------------------------------------------------------------------------------------
+
+
+def list_files(folder: str | os.PathLike, exclude: Sequence[str | os.PathLike] = ()) -> list[Path]:
+    """Every regular file under ``folder`` (recursively, sorted), except hidden ones and ``exclude`` trees."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no folder {folder}")
+    skip = {Path(e).resolve() for e in exclude}
+    found = []
+    for root, dirs, files in os.walk(folder):
+        root_path = Path(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (root_path / d).resolve() not in skip)
+        for name in sorted(files):
+            if not name.startswith("."):
+                found.append(root_path / name)
+    return found
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    """RGB uint8 ``size x size x 3``: the image scaled so its short side is ``size``, centre-cropped."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        if im.format == "JPEG":
+            im.draft("RGB", (2 * size, 2 * size))  # decode JPEGs at a reduced scale: much faster for photos
+        im.load()
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(background, im)
+        im = ImageOps.fit(im.convert("RGB"), (size, size), method=Image.Resampling.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def _try_decode(args) -> tuple[np.ndarray | None, str | None]:
+    path, size = args
+    try:
+        return _decode(path, size), None
+    except Exception as exc:  # noqa: BLE001 - any failure means "no label", reported by name
+        from PIL import UnidentifiedImageError
+
+        if isinstance(exc, UnidentifiedImageError):
+            reason = "not an image Pillow can read"
+        else:
+            reason = f"unreadable image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        return None, reason
+
+
+def _report(rel: str, reason: str, progress_bar) -> None:
+    message = f"skipped {rel}: {reason}"
+    if progress_bar is not None:
+        progress_bar.write(message, file=sys.stderr)
+    else:
+        print(message, file=sys.stderr)
+
+
+def load_folder_images(folder: str | os.PathLike, image_size: int = 32, *, channels: str | int = "auto",
+                       exclude: Sequence[str | os.PathLike] = (), progress: bool = True,
+                       workers: int | None = None) -> LoadedImages:
+    """Decode every image under ``folder`` at ``image_size`` px (short side scaled, centre crop).
+
+    ``channels``: 3, 1 (grey), or ``"auto"`` (1 when every image is grey, else 3). Files that cannot be
+    decoded are reported by name and returned in ``skipped``. Decoding runs in ``workers`` threads
+    (default: up to 4).
+    """
+    folder = Path(folder)
+    files = list_files(folder, exclude)
+    if not files:
+        raise FileNotFoundError(f"no files under {folder}")
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    paths, arrays, skipped = [], [], []
+    bar = tqdm(total=len(files), desc="reading images", unit="img", disable=not progress)
+    with ThreadPoolExecutor(workers) as pool:
+        for path, (array, reason) in zip(files, pool.map(_try_decode, [(f, image_size) for f in files])):
+            rel = path.relative_to(folder).as_posix()
+            if array is None:
+                skipped.append((rel, reason))
+                _report(rel, reason, bar if progress else None)
+            else:
+                paths.append(rel)
+                arrays.append(array)
+            bar.update(1)
+    bar.close()
+    if not arrays:
+        raise ValueError(f"none of the {len(files)} files under {folder} is a readable image")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    grey = bool((images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all())
+    if channels == "auto":
+        channels = 1 if grey else 3
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1, 3 or 'auto', got {channels!r}")
+    if channels == 1:
+        images = images[:, :1].contiguous() if grey else _to_grey(images)
+    return LoadedImages(paths, images, skipped)
+
+
+def _to_grey(images: torch.Tensor) -> torch.Tensor:
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Labelling
+# --------------------------------------------------------------------------------------------------
+
+
+def _cluster_list(clusters, heads: int | None) -> list[int]:
+    if isinstance(clusters, str):
+        clusters = [int(c) for c in clusters.replace(" ", "").split(",") if c]
+    if isinstance(clusters, (int, np.integer)):
+        clusters = [int(clusters)] * (heads or 1)
+    ks = [int(k) for k in clusters]
+    if heads is not None and len(ks) == 1:
+        ks = ks * heads
+    if heads is not None and len(ks) != heads:
+        raise ValueError(f"{len(ks)} cluster numbers ({ks}) for {heads} heads: give one K, or one per head")
+    if not ks or any(k < 2 for k in ks):
+        raise ValueError(f"every head needs at least 2 clusters, got {ks}")
+    return ks
+
+
+def default_epochs(num_images: int) -> int:
+    """About 150,000 augmented images seen in all (between 10 and 200 epochs): a few minutes on 2 CPU cores."""
+    return int(min(200, max(10, round(150_000 / max(num_images, 1)))))
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = images.float() / 255.0
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
+
+
+def _resolve_backbone(backbone: str, *, progress: bool):
+    """(model, image_size, mean, std, description) for a backbone name or file."""
+    from . import pretrained
+
+    spec = str(backbone)
+    if spec.startswith("torchvision:"):
+        arch = spec.split(":", 1)[1]
+        model = pretrained.torchvision_backbone(arch, progress=progress)
+        return model, 224, pretrained.IMAGENET_MEAN, pretrained.IMAGENET_STD, f"torchvision {arch} (ImageNet-supervised)"
+    key = spec.strip().lower().replace("_", "-")
+    if key in pretrained.RELEASED:
+        pre = pretrained.load_released(key, progress=progress)
+        return pre.model, pre.image_size, pre.mean, pre.std, f"released SeLa model {key}"
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone {spec!r} is neither a released model ({', '.join(pretrained.RELEASED)}), "
+                                "'torchvision:resnet18' / 'torchvision:resnet50', nor a checkpoint file")
+    pre = pretrained.load_checkpoint_file(path)
+    return pre.model, pre.image_size, pre.mean, pre.std, f"checkpoint {path.name} ({pre.arch}, {pre.layout} layout)"
+
+
+@torch.no_grad()
+def _scores(model: nn.Module, images: torch.Tensor, mean, std, device, batch_size: int = 512) -> list[torch.Tensor]:
+    from .augment import plain_transform
+
+    model.eval()
+    outs: list[list[torch.Tensor]] = []
+    for i in range(0, images.shape[0], batch_size):
+        x = plain_transform(images[i:i + batch_size].to(device), mean, std)
+        outs.append([o.float().cpu() for o in model(x)])
+    return [torch.cat([o[h] for o in outs]) for h in range(len(outs[0]))]
+
+
+def _features_resumable(model: nn.Module, folder: Path, paths: list[str], size: int, mean, std, device,
+                        ckpt_path: Path, key: str, progress: bool, block: int = 256) -> torch.Tensor:
+    """Frozen features of every image, decoded at ``size`` px block by block; saved after every block."""
+    from .augment import plain_transform
+    from .checkpoint import load_checkpoint, save_checkpoint
+
+    done: list[torch.Tensor] = []
+    if ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path)
+        if state.get("key") == key:
+            done = list(state["blocks"])
+    model.eval().to(device)
+    start = sum(b.shape[0] for b in done)
+    bar = tqdm(total=len(paths), initial=start, desc="backbone features", unit="img", disable=not progress)
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        for i in range(start, len(paths), block):
+            chunk = paths[i:i + block]
+            arrays = [a for a, _ in pool.map(_try_decode, [(folder / p, size) for p in chunk])]
+            if any(a is None for a in arrays):
+                raise RuntimeError(f"an image under {folder} changed while it was being labelled; run again")
+            x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device)
+            feats = []
+            with torch.no_grad():
+                for j in range(0, x.shape[0], 64):
+                    feats.append(model.features(plain_transform(x[j:j + 64], mean, std)).float().cpu())
+            done.append(torch.cat(feats))
+            save_checkpoint(ckpt_path, {"key": key, "blocks": done})
+            bar.update(len(chunk))
+    bar.close()
+    return torch.cat(done)
+
+
+class _FeatureHeads(nn.Module):
+    """SeLa heads on frozen features: standardise, a 512-d hidden layer (BatchNorm, ReLU), one linear head per clustering."""
+
+    def __init__(self, dim: int, ks: list[int], mean: torch.Tensor, std: torch.Tensor, hidden: int = 512):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.body = nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True))
+        self.heads = nn.ModuleList(nn.Linear(hidden, k) for k in ks)
+        for head in self.heads:
+            nn.init.normal_(head.weight, 0.0, 0.01)
+            nn.init.zeros_(head.bias)
+
+    def forward(self, f: torch.Tensor) -> list[torch.Tensor]:
+        h = self.body((f - self.mean) / self.std)
+        return [head(h) for head in self.heads]
+
+
+def _train_feature_heads(features: torch.Tensor, ks: list[int], *, epochs: int, lam: float, seed: int,
+                         batch_size: int, progress: bool) -> tuple[_FeatureHeads, list[dict]]:
+    from .sinkhorn import self_label
+
+    torch.manual_seed(seed)
+    n, dim = features.shape
+    std = features.std(0)
+    heads = _FeatureHeads(dim, ks, features.mean(0), torch.where(std > 1e-6, std, torch.ones_like(std)))
+    opt = torch.optim.SGD(heads.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.stack([(torch.arange(n) % k)[torch.randperm(n, generator=g)] for k in ks])
+    history = []
+    batch_size = max(2, min(batch_size, n))
+    for epoch in tqdm(range(epochs), desc="training heads", disable=not progress):
+        heads.eval()
+        with torch.no_grad():
+            results = self_label(heads(features), lam)
+        labels = torch.stack([r.labels.cpu() for r in results])
+        heads.train()
+        order = torch.randperm(n, generator=g)
+        total = 0.0
+        steps = max(1, n // batch_size)
+        for b in range(steps):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            f = features[idx]
+            f = F.dropout(f + 0.1 * f.std(0, keepdim=True) * torch.randn(f.shape, generator=g), 0.2)
+            loss = torch.stack([F.cross_entropy(o, labels[h, idx]) for h, o in enumerate(heads(f))]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss)
+        sched.step()
+        history.append({"epoch": epoch + 1, "loss": total / steps})
+    return heads.eval(), history
+
+
+def label_folder(folder: str | os.PathLike, output: str | os.PathLike, *, clusters: int | Sequence[int] | str = 10,
+                 heads: int | None = None, epochs: int | None = None, backbone: str | None = None,
+                 image_size: int | None = None, batch_size: int | None = None, lam: float = 10.0, seed: int = 0,
+                 device: str = "auto", restart: bool = False, per_cluster: int = 24, progress: bool = True,
+                 callback: Callable[[dict], None] | None = None) -> LabelFolderResult:
+    """Self-label every image under ``folder``; write labels.csv, index.html, skipped.txt, model.pt to ``output``.
+
+    Args:
+        clusters: K of every head (an int), or one K per head (a list, or a string "10,20,50").
+        heads: number of heads (default: one per K given, else 1).
+        epochs: training epochs (default :func:`default_epochs`: about 150,000 images seen in all).
+        backbone: None (random network trained by the kit's trainer) or a pretrained backbone (module
+            docstring): a released model's name, ``torchvision:resnet18``/``torchvision:resnet50``, a file.
+        image_size: side the images are scaled to (default 32 px for the random network, the backbone's
+            own, usually 224, otherwise).
+        batch_size: default ``min(256, N // 4)`` (at least 16).
+        lam: Sinkhorn's lambda (the paper's 10 for small data sets).
+        restart: delete ``output/checkpoints`` first instead of resuming.
+        per_cluster: thumbnails per cluster on the contact sheet.
+        callback: called after every training epoch with the trainer's record (random network only).
+    """
+    from .labels_io import export_path_labels_csv
+    from .settings import pick_device
+    from .sinkhorn import self_label
+
+    t0 = time.perf_counter()
+    folder, output = Path(folder), Path(output)
+    ks = _cluster_list(clusters, heads)
+    ckpt_dir = output / "checkpoints"
+    if restart and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    dev = pick_device(device)
+
+    if backbone is None:
+        size = image_size or 32
+        loaded = load_folder_images(folder, size, exclude=[output], progress=progress)
+        n = len(loaded.paths)
+        _check_enough(n, ks)
+        result_model, labels, confidence, history, extra = _label_random(
+            loaded, ks, epochs=epochs, size=size, batch_size=batch_size, lam=lam, seed=seed, device=device,
+            ckpt_dir=ckpt_dir, progress=progress, callback=callback, output=output)
+        mode = "random"
+    else:
+        model, default_size, mean, std, description = _resolve_backbone(backbone, progress=progress)
+        size = image_size or default_size
+        # Decode once at a small size only to find the readable files; features are computed at `size`.
+        loaded = load_folder_images(folder, 16, channels=3, exclude=[output], progress=progress)
+        n = len(loaded.paths)
+        _check_enough(n, ks)
+        key = json.dumps({"backbone": str(backbone), "size": size, "paths": len(loaded.paths),
+                          "first": loaded.paths[:3], "last": loaded.paths[-3:]})
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        features = _features_resumable(model, folder, loaded.paths, size, mean, std, dev,
+                                       ckpt_dir / "features.pt", key, progress)
+        heads_model, history = _train_feature_heads(features, ks, epochs=epochs or 50, lam=lam, seed=seed,
+                                                    batch_size=batch_size or 256, progress=progress)
+        with torch.no_grad():
+            scores = heads_model(features)
+        results = self_label(scores, lam)
+        labels = torch.stack([r.labels.cpu() for r in results])
+        confidence = torch.stack([s.softmax(1).gather(1, labels[h].unsqueeze(1)).squeeze(1)
+                                  for h, s in enumerate(scores)])
+        torch.save({"backbone": str(backbone), "image_size": size, "mean": list(mean), "std": list(std),
+                    "heads": heads_model.state_dict(), "head_sizes": ks}, output / "heads.pt")
+        result_model = heads_model
+        extra = {"backbone": description, "feature_dim": int(features.shape[1])}
+        mode = "backbone"
+
+    export_path_labels_csv(output / "labels.csv", loaded.paths, labels)
+    write_skipped(output / "skipped.txt", loaded.skipped)
+    write_contact_sheet(output / "index.html", folder, loaded.paths, labels, confidence,
+                        per_cluster=per_cluster, title=f"{folder.name or folder}: {n} images, heads {ks}",
+                        skipped=len(loaded.skipped))
+    seconds = time.perf_counter() - t0
+    summary = {"folder": str(folder), "images": n, "skipped": len(loaded.skipped), "heads": ks, "mode": mode,
+               "image_size": size, "lam": lam, "seed": seed, "seconds": round(seconds, 1),
+               "cluster_sizes": [torch.bincount(row, minlength=k).tolist() for row, k in zip(labels, ks)], **extra}
+    (output / "summary.json").write_text(json.dumps(summary, indent=1))
+    return LabelFolderResult(loaded.paths, labels, loaded.skipped, output, seconds, mode, result_model, history,
+                             confidence)
+
+
+def _check_enough(n: int, ks: list[int]) -> None:
+    if n < max(ks):
+        raise ValueError(f"{n} readable images but {max(ks)} clusters: equal-sized clusters need at least as many "
+                         "images as clusters")
+    if n < 4:
+        raise ValueError(f"only {n} readable image(s): self-labelling needs more")
+
+
+def _label_random(loaded: LoadedImages, ks, *, epochs, size, batch_size, lam, seed, device, ckpt_dir, progress,
+                  callback, output):
+    from .data import ImageData
+    from .trainer import config_from_preset, relabel, train
+
+    n = len(loaded.paths)
+    mean, std = _channel_stats(loaded.images)
+    data = ImageData("folder", loaded.images, torch.full((n,), -1, dtype=torch.long), [], mean, std)
+    epochs = epochs or default_epochs(n)
+    bs = batch_size or max(16, min(256, n // 4))
+    bs = min(bs, n)
+    total_steps = epochs * (n // bs)
+    config = config_from_preset(
+        "classroom", dataset="folder", arch="smallcnn", num_heads=len(ks), num_clusters=ks if len(set(ks)) > 1 else ks[0],
+        lam=float(lam), epochs=epochs, nopts=max(1, min(total_steps, max(4, epochs // 2))), batch_size=bs,
+        seed=seed, device=device, checkpoint_dir=str(ckpt_dir), eval_every=0)
+    result = train(config, data, progress=progress, callback=callback)
+    model = result.model
+    dev = next(model.parameters()).device
+    results = relabel(model, data, lam=float(lam), device=dev)
+    labels = torch.stack([r.labels.cpu() for r in results])
+    scores = _scores(model, loaded.images, mean, std, dev)
+    confidence = torch.stack([s.softmax(1).gather(1, labels[h].unsqueeze(1)).squeeze(1) for h, s in enumerate(scores)])
+    torch.save({"build_kwargs": dict(model.build_kwargs), "state_dict": model.state_dict(),
+                "data": {"mean": list(mean), "std": list(std)}}, output / "model.pt")
+    extra = {"epochs": epochs, "batch_size": bs, "relabels": config.nopts, "arch": "smallcnn",
+             "train_seconds": round(float(result.timings.get("seconds", 0.0)), 1)}
+    return model, labels, confidence, list(result.history), extra
+
+
+# --------------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------------
+
+
+def write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> Path:
+    """``path<TAB>reason`` per skipped file (an empty file when none was skipped)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for rel, reason in skipped:
+            handle.write(f"{rel}\t{reason}\n")
+    return path
+
+
+def _thumbnail_uri(path: Path, size: int) -> str:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.format == "JPEG":
+            im.draft("RGB", (2 * size, 2 * size))
+        im = im.convert("RGB")
+        im.thumbnail((size, size))
+        buffer = io.BytesIO()
+        im.save(buffer, format="PNG" if max(im.size) <= 96 else "JPEG", optimize=True)
+    kind = "png" if max(im.size) <= 96 else "jpeg"
+    return f"data:image/{kind};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def write_contact_sheet(path: Path, folder: Path, paths: Sequence[str], labels: torch.Tensor,
+                        confidence: torch.Tensor | None = None, *, per_cluster: int = 24, thumb: int = 72,
+                        title: str = "clusters", skipped: int = 0) -> Path:
+    """An HTML page: per head, per cluster (largest first), its size and up to ``per_cluster`` thumbnails
+    (most confident first, or in file order without ``confidence``); hovering shows the file's path."""
+    labels = torch.as_tensor(labels)
+    if labels.dim() == 1:
+        labels = labels.unsqueeze(0)
+    cache: dict[int, str] = {}
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>",
+        "body{font-family:sans-serif;margin:1em}h2{margin-top:1.5em}"
+        ".c{margin:.4em 0;padding:.3em;border-bottom:1px solid #ddd}.c b{display:inline-block;width:11em}"
+        f"img{{width:{thumb}px;height:{thumb}px;object-fit:cover;margin:1px;image-rendering:auto}}"
+        "summary{cursor:pointer;font-size:1.2em;margin-top:1em}",
+        "</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{len(paths)} images labelled; {skipped} file(s) skipped (see skipped.txt); labels in labels.csv. "
+        "Hover over a thumbnail for its path.</p>",
+        "<p>" + " · ".join(f"<a href='#head{h}'>head {h} ({int(labels[h].max()) + 1} clusters)</a>"
+                           for h in range(labels.shape[0])) + "</p>",
+    ]
+    for h in range(labels.shape[0]):
+        row = labels[h]
+        k = int(row.max()) + 1
+        sizes = torch.bincount(row, minlength=k)
+        parts.append(f"<details id='head{h}' {'open' if h == 0 else ''}><summary>head {h}: {k} clusters, "
+                     f"sizes {int(sizes.min())}-{int(sizes.max())}</summary>")
+        for c in torch.argsort(sizes, descending=True, stable=True).tolist():
+            members = torch.nonzero(row == c).flatten()
+            if confidence is not None and members.numel():
+                members = members[torch.argsort(confidence[h, members], descending=True, stable=True)]
+            imgs = []
+            for i in members[:per_cluster].tolist():
+                if i not in cache:
+                    try:
+                        cache[i] = _thumbnail_uri(folder / paths[i], thumb)
+                    except Exception:  # noqa: BLE001 - a file changed since labelling: leave it out
+                        continue
+                imgs.append(f"<img src='{cache[i]}' title='{html.escape(paths[i], quote=True)}' loading='lazy'>")
+            parts.append(f"<div class='c'><b>cluster {c} ({int(sizes[c])} images)</b>{''.join(imgs)}</div>")
+        parts.append("</details>")
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+__all__ = ["LoadedImages", "LabelFolderResult", "list_files", "load_folder_images",
+           "label_folder", "default_epochs", "write_contact_sheet", "write_skipped"]
