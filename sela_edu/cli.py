@@ -5,7 +5,8 @@ Examples::
     sela-edu run                                  # the series at the classroom profile -> results/run
     sela-edu run --profile smoke --output /tmp/s  # seconds per notebook
     sela-edu notebook 04_cifar_and_svhn -p profile paper -p dataset cifar100
-    sela-edu student --output student/
+    sela-edu student --output student/            # the release for students (nbgrader's format)
+    sela-edu instructor --output instructor_edition/   # nbgrader source: solutions, hidden tests, answers
     sela-edu train --preset classroom -s epochs 3           # training without a notebook
     sela-edu imagenet-command --gpus 8 --arch resnet50      # prints the torchrun line for ImageNet
     sela-edu refresh 01 02                        # re-execute the notebooks committed with outputs
@@ -16,12 +17,14 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import editions
 from . import notebook_tools as nbt
 from . import settings
 
@@ -64,7 +67,7 @@ def torchrun_command(*, gpus: int = 1, nodes: int = 1, node_rank: int = 0, maste
 
 
 def _cmd_run(args) -> int:
-    output = Path(args.output)
+    output = Path(args.output) if args.output else settings.results_dir() / "run"
     start = time.perf_counter()
     statuses = nbt.run_series(args.profile, output, only=args.only or None, parameters=_parameters(args.param),
                               data_root=args.data_root, figures_dir=args.figures, timeout=args.timeout)
@@ -94,15 +97,26 @@ def _cmd_notebook(args) -> int:
 
 
 def _cmd_student(args) -> int:
-    paths = nbt.build_student_edition(args.output, args.source)
+    paths = editions.build_student_edition(args.output, args.source, args.material)
     for p in paths:
         print(p)
     print(f"student edition: {len(paths)} notebooks in {args.output}")
     return 0
 
 
+def _cmd_instructor(args) -> int:
+    paths = editions.build_instructor_edition(args.output, args.source, args.material)
+    for p in paths:
+        print(p)
+    print(f"instructor edition (nbgrader source): {len(paths)} notebooks in {args.output}; for nbgrader copy them to "
+          "source/<assignment>/ and run `nbgrader generate_assignment <assignment>`")
+    return 0
+
+
 def _cmd_refresh(args) -> int:
     names = args.names or list(STORED_OUTPUT_NOTEBOOKS)
+    # the committed figures/ are the stored notebooks' figures: refreshing them is the one run that writes there
+    os.environ.setdefault(settings.FIGURES_ENV, str(settings.REPO_ROOT / "figures"))
     for name in names:
         path = nbt.refresh_stored_outputs(name, timeout=args.timeout)
         print(f"re-executed {path} in place")
@@ -117,6 +131,42 @@ def _cmd_imagenet_command(args) -> int:
     return 0
 
 
+def _per_head(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [] if value is None else [value]
+
+
+def train_summary(config, result, output: Path, world: int = 1) -> str:
+    """What ``sela-edu train`` prints at the end: rounded figures with units, NMI per head when the data
+    set has targets, and where the outputs went."""
+    history = result.history
+    last = history[-1] if history else {}
+    t = result.timings or {}
+    seconds, relabel = float(t.get("seconds", 0.0)), float(t.get("relabel_seconds", 0.0))
+    n = len(result.labels[0]) if result.labels is not None and len(result.labels) else 0
+    lines = [f"trained {config.method} on {config.dataset}: {n} images, {len(history)} epoch(s), {world} process(es), "
+             f"{seconds:.1f} s ({relabel:.1f} s in label optimisation, {100 * relabel / max(seconds, 1e-9):.0f} %)"]
+    ks = config.cluster_list()
+    if last:
+        parts = [f"loss {last['loss']:.3f}"] if isinstance(last.get("loss"), (int, float)) else []
+        changes = [v for v in _per_head(last.get("label_change")) if v is not None]
+        if changes:
+            parts.append(f"labels changed by the last optimisation {100 * min(changes):.1f}-{100 * max(changes):.1f} %")
+        spread = [v for v in _per_head(last.get("cluster_size_spread")) if v is not None]
+        if spread:
+            parts.append(f"cluster sizes spread (std / (N/K)) up to {max(spread):.2f}")
+        if isinstance(last.get("images_per_second"), (int, float)):
+            parts.append(f"{last['images_per_second']:.0f} images/s")
+        if parts:
+            lines.append(f"last epoch ({last.get('epoch', len(history))}): " + ", ".join(parts))
+        nmis = _per_head(last.get("nmi"))
+        if nmis:
+            lines.append("NMI with the true classes, per head: "
+                         + ", ".join(f"head {h} (K = {k}) {v:.3f}" for h, (k, v) in enumerate(zip(ks, nmis))))
+    lines.append(f"labels -> {output / 'labels.csv'}; weights -> {output / 'model.pt'}"
+                 + (f"; checkpoints -> {config.checkpoint_dir}" if config.checkpoint_dir else ""))
+    return "\n".join(lines)
+
+
 def _cmd_train(args) -> int:
     """Training without a notebook; under torchrun every rank runs this."""
     import torch
@@ -129,7 +179,7 @@ def _cmd_train(args) -> int:
     overrides = _parameters(args.set)
     if args.dataset:
         overrides["dataset"] = args.dataset
-    output = Path(args.output)
+    output = Path(args.output) if args.output else settings.results_dir() / "train"
     overrides.setdefault("checkpoint_dir", str(output / "checkpoints"))
     rank, world = distributed.init_from_env()
     try:
@@ -142,10 +192,7 @@ def _cmd_train(args) -> int:
             indices = result.indices if result.indices is not None else None
             export_labels_csv(output / "labels.csv", labels, indices)
             torch.save(result.model.state_dict(), output / "model.pt")
-            last = result.history[-1] if result.history else {}
-            print(f"trained {config.epochs} epochs on {config.dataset} ({world} process(es)); last epoch: "
-                  + ", ".join(f"{k}={v}" for k, v in last.items() if isinstance(v, (int, float)))[:400])
-            print(f"labels -> {output / 'labels.csv'}; weights -> {output / 'model.pt'}")
+            print(train_summary(config, result, output, world))
     finally:
         distributed.cleanup()
     return 0
@@ -180,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the notebook series with papermill and print the summary table")
     p.add_argument("--profile", default="classroom", choices=nbt.PROFILES)
-    p.add_argument("--output", default=str(settings.REPO_ROOT / "results" / "run"))
+    p.add_argument("--output", default=None, help="default: <results>/run ($SELA_RESULTS_DIR, or results/)")
     p.add_argument("--only", nargs="*", help="notebook names or numbers (default: the whole series)")
     common(p)
     p.set_defaults(func=_cmd_run)
@@ -192,10 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=_cmd_notebook)
 
-    p = sub.add_parser("student", help="build the student edition (solution cells removed)")
+    p = sub.add_parser("student", help="build the student edition (nbgrader's release: stubs, no hidden tests)")
     p.add_argument("--output", default="student")
     p.add_argument("--source", default=None, help="folder of solution notebooks (default notebooks/)")
+    p.add_argument("--material", default=None, help="instructor material (default instructor/ of the kit)")
     p.set_defaults(func=_cmd_student)
+
+    p = sub.add_parser("instructor", help="build the instructor edition (nbgrader source notebooks)")
+    p.add_argument("--output", default="instructor_edition")
+    p.add_argument("--source", default=None, help="folder of solution notebooks (default notebooks/)")
+    p.add_argument("--material", default=None, help="instructor material (default instructor/ of the kit)")
+    p.set_defaults(func=_cmd_instructor)
 
     p = sub.add_parser("refresh", help="re-execute the notebooks committed with outputs, in place")
     p.add_argument("names", nargs="*", help=f"default: {', '.join(STORED_OUTPUT_NOTEBOOKS)}")
@@ -219,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="classroom")
     p.add_argument("--dataset", default=None)
     p.add_argument("--data-root", default=None)
-    p.add_argument("--output", default=str(settings.REPO_ROOT / "results" / "train"))
+    p.add_argument("--output", default=None, help="default: <results>/train ($SELA_RESULTS_DIR, or results/)")
     p.add_argument("-s", "--set", nargs=2, action="append", metavar=("FIELD", "VALUE"),
                    help="TrainConfig override, e.g. -s epochs 3 (repeatable)")
     p.set_defaults(func=_cmd_train)

@@ -14,6 +14,16 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+
+def home() -> Path:
+    """The folder the kit's default paths hang from: the kit's checkout when it runs from one (a clone or
+    an editable install: ``REPO_ROOT`` holds ``pyproject.toml`` and ``notebooks/``), else the working
+    directory, so that a ``pip install`` never writes into site-packages."""
+    if (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "notebooks").is_dir():
+        return REPO_ROOT
+    return Path.cwd()
+
+
 #: Environment variable naming the folder that holds (or receives) the data sets.
 DATA_ROOT_ENV = "SELA_DATA_ROOT"
 #: Environment variables for the output folders.
@@ -22,20 +32,23 @@ RESULTS_ENV = "SELA_RESULTS_DIR"
 
 
 def data_root() -> Path:
-    """The data folder: ``$SELA_DATA_ROOT`` if set, else ``data/`` at the top of the kit."""
-    return Path(os.environ.get(DATA_ROOT_ENV) or REPO_ROOT / "data").expanduser()
+    """The data folder: ``$SELA_DATA_ROOT`` if set, else ``data/`` under :func:`home`."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or home() / "data").expanduser()
 
 
 def figures_dir() -> Path:
-    """Where figures are written (``$SELA_FIGURES_DIR``, default ``figures/``); created on demand."""
-    path = Path(os.environ.get(FIGURES_ENV) or REPO_ROOT / "figures").expanduser()
+    """Where figures are written (``$SELA_FIGURES_DIR``, default ``<results_dir>/figures``); created on
+    demand. The committed ``figures/`` are written only by ``sela-edu refresh`` (and ``make demo-solver``),
+    which name them explicitly, so interactive runs never overwrite them."""
+    path = Path(os.environ.get(FIGURES_ENV) or results_dir() / "figures").expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def results_dir() -> Path:
-    """Where executed notebooks, checkpoints and tables go (``$SELA_RESULTS_DIR``, default ``results/``)."""
-    path = Path(os.environ.get(RESULTS_ENV) or REPO_ROOT / "results").expanduser()
+    """Where executed notebooks, checkpoints and tables go (``$SELA_RESULTS_DIR``, default ``results/``
+    under :func:`home`)."""
+    path = Path(os.environ.get(RESULTS_ENV) or home() / "results").expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

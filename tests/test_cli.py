@@ -124,3 +124,159 @@ def test_errors_exit_with_a_message(capsys):
 def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "sela_edu", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "run" in proc.stdout and "student" in proc.stdout
+
+
+# ---------------------------------------------------------------- issue 11: instructor edition, train summary,
+# outputs of a pip install, make lab
+
+def test_instructor_command(tmp_path, capsys):
+    assert cli.main(["instructor", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "instructor edition (nbgrader source): 7 notebooks" in out and "nbgrader generate_assignment" in out
+    assert "### BEGIN HIDDEN TESTS" in (tmp_path / "01_optimal_transport_toy.ipynb").read_text()
+
+
+def test_train_summary_is_readable(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from sela_edu.trainer import config_from_preset
+
+    config = config_from_preset("smoke", dataset="digits", num_heads=2, num_clusters=[10, 20],
+                                checkpoint_dir=str(tmp_path / "checkpoints"))
+    history = [{"epoch": 1, "loss": 2.302585092994046, "label_change": None, "cluster_size_spread": [0.1, 0.2],
+                "nmi": [0.1, 0.2]},
+               {"epoch": 2, "loss": 1.8779252529144288, "label_change": [0.123456, 0.2], "images_per_second": 812.34,
+                "cluster_size_spread": [0.0812345, 0.153], "nmi": [0.51234567, 0.60345678]}]
+    result = SimpleNamespace(history=history, labels=torch.zeros(2, 300, dtype=torch.long),
+                             timings={"seconds": 12.3456, "relabel_seconds": 1.23456})
+    text = cli.train_summary(config, result, tmp_path, world=1)
+    assert "1.8779252529144288" not in text and "loss 1.878" in text
+    assert "300 images, 2 epoch(s), 1 process(es), 12.3 s (1.2 s in label optimisation, 10 %)" in text
+    assert "labels changed by the last optimisation 12.3-20.0 %" in text and "812 images/s" in text
+    assert "NMI with the true classes, per head: head 0 (K = 10) 0.512, head 1 (K = 20) 0.603" in text
+    assert f"labels -> {tmp_path / 'labels.csv'}" in text and f"checkpoints -> {tmp_path / 'checkpoints'}" in text
+    no_targets = SimpleNamespace(history=[{**history[1], "nmi": None}], labels=result.labels, timings={})
+    assert "NMI" not in cli.train_summary(config, no_targets, tmp_path)
+
+
+@pytest.fixture
+def pip_installed(tmp_path, monkeypatch):
+    """The kit as `pip install` (not -e) leaves it: the package in site-packages, no checkout around it; the
+    user works in a folder of their own."""
+    from sela_edu import settings
+
+    site = tmp_path / "site-packages"
+    (site / "sela_edu").mkdir(parents=True)
+    monkeypatch.setattr(settings, "REPO_ROOT", site)
+    for env in (settings.RESULTS_ENV, settings.FIGURES_ENV, settings.DATA_ROOT_ENV):
+        monkeypatch.delenv(env, raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return site, work
+
+
+def test_outputs_land_in_the_working_directory_when_installed_without_e(pip_installed):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sela_edu import figures, settings
+
+    site, work = pip_installed
+    assert settings.home() == work
+    assert settings.results_dir() == work / "results" and settings.data_root() == work / "data"
+    assert settings.figures_dir() == work / "results" / "figures"
+    path = figures.save_figure(plt.figure(), "interactive")
+    assert path == work / "results" / "figures" / "interactive.png" and path.exists()
+    assert not any(p.is_file() for p in site.rglob("*"))               # nothing written into site-packages
+    args = cli.build_parser().parse_args(["train"])
+    assert args.output is None                                         # resolved at run time, under the cwd
+
+
+def test_a_checkout_keeps_its_results_folder_and_interactive_figures_leave_figures_alone(monkeypatch):
+    from sela_edu import settings
+
+    for env in (settings.RESULTS_ENV, settings.FIGURES_ENV):
+        monkeypatch.delenv(env, raising=False)
+    assert settings.home() == settings.REPO_ROOT
+    assert settings.figures_dir() == settings.REPO_ROOT / "results" / "figures"
+
+
+@pytest.mark.slow
+def test_train_command_ends_with_the_summary(pip_installed, capsys):
+    site, work = pip_installed
+    code = cli.main(["train", "--preset", "smoke", "--dataset", "digits", "-s", "epochs", "1", "-s", "max_images", "200"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "trained sela on digits: 200 images, 1 epoch(s)" in out and "NMI with the true classes, per head" in out
+    assert (work / "results" / "train" / "labels.csv").exists() and (work / "results" / "train" / "model.pt").exists()
+    assert f"labels -> {work / 'results' / 'train' / 'labels.csv'}" in out
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_make_lab_answers_on_localhost(tmp_path):
+    """`make lab`'s own command line (from `make -n`), started headless on a free loopback port with a token:
+    the server answers, serves the notebooks folder, and offers the kernel the notebooks name."""
+    import json as _json
+    import os
+    import shlex
+    import shutil
+    import signal
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    from sela_edu import settings
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    port, token = _free_port(), "sela-test-token"
+    venv = Path(sys.prefix)
+    dry = subprocess.run(["make", "-n", "lab", f"VENV={venv}", f"STAMP={tmp_path / 'stamp'}",
+                          f"LAB_ARGS=--no-browser --ServerApp.ip=127.0.0.1 --ServerApp.port={port} "
+                          f"--IdentityProvider.token={token} --ServerApp.port_retries=0"],
+                         cwd=settings.REPO_ROOT, capture_output=True, text=True, timeout=60)
+    lines = [line for line in dry.stdout.splitlines() if "jupyter" in line and " lab" in line]
+    assert dry.returncode == 0 and len(lines) == 1, dry.stdout + dry.stderr
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg")}
+    proc = subprocess.Popen(shlex.split(lines[0]), cwd=settings.REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        def get(path):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"token {token}"})
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, _json.loads(resp.read() or b"null")
+
+        deadline, status = time.monotonic() + 90, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                status, _ = get("/api")
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200, proc.stderr.read().decode() if proc.poll() is not None else "no answer in 90 s"
+        _, contents = get("/api/contents")
+        names = {item["name"] for item in contents["content"]}
+        assert "01_optimal_transport_toy.ipynb" in names                # opened at notebooks/
+        _, specs = get("/api/kernelspecs")
+        kernel = _json.loads(Path(settings.REPO_ROOT / "notebooks" / "01_optimal_transport_toy.ipynb").read_text())
+        assert kernel["metadata"]["kernelspec"]["name"] in specs["kernelspecs"]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
