@@ -9,6 +9,8 @@ The protocols of the SeLa paper, as small functions that take tensors and return
   each of the k nearest training images votes for its class with weight ``exp(similarity / sigma)``.
 * :func:`pca_project`: the CIFAR protocol first reduces the 4096-d AlexNet fc features to 128-d by PCA.
 * :func:`linear_probe`: a multinomial logistic regression trained on frozen features.
+* :func:`frozen_evaluation`: both protocols for one model on a train/test pair of data sets (what the
+  notebooks report).
 """
 
 from __future__ import annotations
@@ -341,5 +343,30 @@ def linear_probe(train_feats, train_y, test_feats, test_y, *, num_classes: int |
     return LinearProbeResult(test_acc, train_acc, probe, iterations, time.perf_counter() - t0)
 
 
+def frozen_evaluation(model, train_data, test_data, *, knn_k: int = 200, pca_dim: int | None = None,
+                      linear: bool = True, batch_size: int = 512, device=None) -> dict[str, float]:
+    """kNN accuracy (weighted vote, sigma 0.1) and linear-probe accuracy, in %, of ``model``'s frozen
+    features: ``train_data`` is the kNN memory bank and the probe's training set, ``test_data`` is
+    scored. ``pca_dim`` applies the paper's CIFAR protocol (PCA to 128 before kNN).
+
+    To compare models, give them all the same ``train_data`` (e.g. the full, balanced training split
+    even when a model was trained on an imbalanced subset): the evaluation then measures the features,
+    not the evaluation set.
+    """
+    from .data import make_loader
+
+    dev = device if device is not None else next(model.parameters()).device
+    train_feats = extract_features(model, make_loader(train_data, batch_size, train=False, device=dev))
+    test_feats = extract_features(model, make_loader(test_data, batch_size, train=False, device=dev))
+    knn_train, knn_test = (pca_project(train_feats, test_feats, dim=pca_dim) if pca_dim
+                           else (train_feats, test_feats))
+    k = min(knn_k, len(train_data))
+    out = {"knn": 100.0 * knn_accuracy(knn_train, train_data.targets, knn_test, test_data.targets, k=k)}
+    if linear:
+        out["linear"] = 100.0 * linear_probe(train_feats, train_data.targets, test_feats,
+                                             test_data.targets).accuracy
+    return out
+
+
 __all__ = ["extract_features", "weighted_knn", "knn_accuracy", "pca_project", "linear_probe",
-           "LinearProbe", "LinearProbeResult"]
+           "LinearProbe", "LinearProbeResult", "frozen_evaluation"]

@@ -29,11 +29,19 @@ DATA_ROOT_ENV = "SELA_DATA_ROOT"
 #: Environment variables for the output folders.
 FIGURES_ENV = "SELA_FIGURES_DIR"
 RESULTS_ENV = "SELA_RESULTS_DIR"
+#: Environment variable that forbids downloads ("1", "true", "yes"): data sets come from the data root or
+#: not at all (the CPU notebooks then use the digits). The test suite sets it.
+OFFLINE_ENV = "SELA_OFFLINE"
 
 
 def data_root() -> Path:
     """The data folder: ``$SELA_DATA_ROOT`` if set, else ``data/`` under :func:`home`."""
     return Path(os.environ.get(DATA_ROOT_ENV) or home() / "data").expanduser()
+
+
+def offline() -> bool:
+    """Whether downloads are forbidden (``$SELA_OFFLINE`` set to 1, true or yes)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def figures_dir() -> Path:

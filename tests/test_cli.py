@@ -7,29 +7,29 @@ import sys
 
 import pytest
 
-from sela_edu import cli, notebook_tools as nbt
+from sela_edu import cli, course, data
 
 
 def test_parse_value_reads_json_or_keeps_strings():
-    assert nbt.parse_value("3") == 3 and nbt.parse_value("0.5") == 0.5
-    assert nbt.parse_value("[10, 20]") == [10, 20] and nbt.parse_value("null") is None
-    assert nbt.parse_value("cifar100") == "cifar100" and nbt.parse_value("true") is True
+    assert course.parse_value("3") == 3 and course.parse_value("0.5") == 0.5
+    assert course.parse_value("[10, 20]") == [10, 20] and course.parse_value("null") is None
+    assert course.parse_value("cifar100") == "cifar100" and course.parse_value("true") is True
 
 
 def test_notebook_path_resolution():
-    assert nbt.notebook_path("04").name == "04_cifar_and_svhn.ipynb"
-    assert nbt.notebook_path("04_cifar_and_svhn.ipynb").name == "04_cifar_and_svhn.ipynb"
+    assert course.notebook_path("04").name == "04_cifar_and_svhn.ipynb"
+    assert course.notebook_path("04_cifar_and_svhn.ipynb").name == "04_cifar_and_svhn.ipynb"
     with pytest.raises(ValueError, match="no single notebook matches 'nope'.*01_optimal_transport_toy"):
-        nbt.notebook_path("nope")
+        course.notebook_path("nope")
 
 
 def test_profiles_map_to_trainer_presets():
-    assert nbt.preset_for("smoke") == "smoke" and nbt.preset_for("classroom") == "classroom"
-    assert nbt.preset_for("paper", "imagenet-paper") == "imagenet-paper"
-    cfg = nbt.resolve_config("paper", dataset="cifar100", epochs=None)
+    assert course.preset_for("smoke") == "smoke" and course.preset_for("classroom") == "classroom"
+    assert course.preset_for("paper", "imagenet-paper") == "imagenet-paper"
+    cfg = course.resolve_config("paper", dataset="cifar100", epochs=None)
     assert cfg.dataset == "cifar100" and cfg.num_clusters == 128 and cfg.lam == 10.0
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
-        nbt.resolve_config("fast")
+        course.resolve_config("fast")
 
 
 def test_torchrun_command():
@@ -52,12 +52,12 @@ def test_imagenet_command_prints_the_line(capsys):
 
 
 def test_record_result_and_summary_table(tmp_path):
-    nbt.record_result("04_cifar_and_svhn", {"cifar10_knn": 70.25, "cifar10_linear": 80.0, "dataset": "cifar10"},
+    course.record_result("04_cifar_and_svhn", {"cifar10_knn": 70.25, "cifar10_linear": 80.0, "dataset": "cifar10"},
                       folder=tmp_path, profile="paper")
-    nbt.record_result("01_optimal_transport_toy", {"exact_cost_km": 178.8}, folder=tmp_path)
-    records = nbt.load_results(tmp_path)
+    course.record_result("01_optimal_transport_toy", {"exact_cost_km": 178.8}, folder=tmp_path)
+    records = course.load_results(tmp_path)
     assert records["04_cifar_and_svhn"]["values"]["cifar10_knn"] == 70.25
-    table = nbt.summary_table(records, {"04_cifar_and_svhn": "ok", "05_imbalance": "skipped: no cifar10 data"})
+    table = course.summary_table(records, {"04_cifar_and_svhn": "ok", "05_imbalance": "skipped: no cifar10 data"})
     lines = table.splitlines()
     assert lines[0].split() == ["notebook", "status", "measure", "measured", "paper"]
     knn = next(line for line in lines if "cifar10_knn" in line)
@@ -69,32 +69,32 @@ def test_record_result_and_summary_table(tmp_path):
 @pytest.mark.parametrize("bad", [{}, {"x": object()}])
 def test_record_result_rejects_bad_values(tmp_path, bad):
     with pytest.raises(ValueError):
-        nbt.record_result("x", bad, folder=tmp_path)
+        course.record_result("x", bad, folder=tmp_path)
 
 
 def test_record_result_rejects_a_path_as_name(tmp_path):
     with pytest.raises(ValueError, match="plain file stem"):
-        nbt.record_result("../evil", {"a": 1}, folder=tmp_path)
+        course.record_result("../evil", {"a": 1}, folder=tmp_path)
 
 
 def test_run_skips_notebooks_without_their_data(tmp_path):
     logs = []
-    statuses = nbt.run_series("classroom", tmp_path / "out", only=["04", "07"], data_root=tmp_path / "empty",
-                              log=logs.append)
-    assert [(s.name, s.status) for s in statuses] == [("04_cifar_and_svhn", "skipped"), ("07_imagenet_scale", "skipped")]
-    assert "no cifar10 data" in statuses[0].detail and "no imagenet data" in statuses[1].detail
-    table = nbt.series_summary(tmp_path / "out", statuses)
+    statuses = course.run_series("classroom", tmp_path / "out", only=["04"], data_root=tmp_path / "empty",
+                                 log=logs.append, progress=False)
+    assert [(s.name, s.status) for s in statuses] == [("04_cifar_and_svhn", "skipped")]
+    assert "no cifar10 data" in statuses[0].detail
+    table = course.series_summary(tmp_path / "out", statuses)
     assert "skipped: no cifar10 data" in table
 
 
 def test_dataset_available_follows_the_data_layout(tmp_path):
-    assert nbt.dataset_available("digits", tmp_path)
-    assert not nbt.dataset_available("cifar10", tmp_path)
+    assert data.available("digits", tmp_path)
+    assert not data.available("cifar10", tmp_path)
     (tmp_path / "cifar-10-batches-py").mkdir()
     (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"")
-    assert nbt.dataset_available("cifar10", tmp_path)
+    assert data.available("cifar10", tmp_path)
     with pytest.raises(ValueError, match="unknown data set"):
-        nbt.dataset_available("mnist3d", tmp_path)
+        data.available("mnist3d", tmp_path)
 
 
 @pytest.mark.slow

@@ -412,3 +412,91 @@ def test_imbalance_helpers_bad_arguments():
         heavy_imbalance(t, step=2)
     with pytest.raises(ValueError, match="cls"):
         light_imbalance(t, cls=10)
+
+
+# --- availability, download with a short timeout, the digits fallback ------------------------------
+
+def test_available_follows_the_data_layout(tmp_path):
+    from sela_edu.data import available
+
+    assert available("digits", tmp_path)
+    assert not available("fashion-mnist", tmp_path) and not available("cifar10", tmp_path)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for p in ("train", "t10k"):
+        for k in ("images-idx3", "labels-idx1"):
+            (raw / f"{p}-{k}-ubyte").write_bytes(b"")
+    assert available("fashion_mnist", tmp_path)
+    with pytest.raises(ValueError, match="unknown data set"):
+        available("mnist3d", tmp_path)
+
+
+def test_download_failure_falls_back_to_digits_with_a_notice_quickly(tmp_path, monkeypatch):
+    import time
+
+    from sela_edu import data
+
+    monkeypatch.delenv("SELA_OFFLINE", raising=False)
+    monkeypatch.setattr(data, "_reachable", lambda host, port, timeout: True)
+
+    def failing_download(key, base, timeout):
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(data, "_download", failing_download)
+    logs = []
+    start = time.perf_counter()
+    assert data.cpu_dataset("classroom", None, tmp_path, log=logs.append) == "digits"
+    assert time.perf_counter() - start < 2
+    assert any("download failed" in line and "TimeoutError" in line for line in logs)
+    assert logs[-1].startswith("NOTICE: Fashion-MNIST") and "03" in logs[-1] and "05" in logs[-1]
+
+
+def test_unreachable_server_gives_up_within_the_timeout(tmp_path, monkeypatch):
+    import time
+
+    from sela_edu import data
+
+    monkeypatch.delenv("SELA_OFFLINE", raising=False)
+    import socket
+
+    def hanging_connection(*a, **k):   # a server that never answers (DNS or TCP)
+        time.sleep(5)
+        raise OSError("no answer")
+
+    monkeypatch.setattr(socket, "create_connection", hanging_connection)
+    downloads = []
+    monkeypatch.setattr(data, "_download", lambda *a: downloads.append(a))
+    logs = []
+    start = time.perf_counter()
+    assert not data.ensure_dataset("fashion-mnist", tmp_path, timeout=0.5, log=logs.append)
+    assert time.perf_counter() - start < 2 and not downloads
+    assert "did not answer within 0.5 s" in logs[0]
+
+
+def test_offline_setting_and_smoke_profile_never_download(tmp_path, monkeypatch):
+    from sela_edu import data
+
+    monkeypatch.setattr(data, "_reachable", lambda *a: pytest.fail("no network check when offline"))
+    monkeypatch.setenv("SELA_OFFLINE", "1")
+    assert not data.ensure_dataset("fashion-mnist", tmp_path, log=None)
+    assert data.cpu_dataset("smoke", None, tmp_path) == "digits"
+    assert data.cpu_dataset("classroom", "cifar-10", tmp_path) == "cifar10"
+
+
+def test_successful_download_gives_fashion_mnist(tmp_path, monkeypatch):
+    from sela_edu import data
+
+    monkeypatch.delenv("SELA_OFFLINE", raising=False)
+    monkeypatch.setattr(data, "_reachable", lambda *a: True)
+
+    def fake_download(key, base, timeout):
+        raw = base / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True)
+        for p in ("train", "t10k"):
+            for k in ("images-idx3", "labels-idx1"):
+                (raw / f"{p}-{k}-ubyte").write_bytes(b"")
+
+    monkeypatch.setattr(data, "_download", fake_download)
+    logs = []
+    assert data.cpu_dataset("classroom", None, tmp_path, log=logs.append) == "fashion-mnist"
+    assert not any(line.startswith("NOTICE") for line in logs)

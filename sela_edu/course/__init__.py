@@ -1,0 +1,21 @@
+"""The course machinery: what the notebooks call around the science, and how the series is run.
+
+* :mod:`.profiles`: profiles (``smoke``, ``classroom``, ``paper``), configurations, folders, clean stops.
+* :mod:`.results`: measured numbers as JSON, the paper's figures, the summary table.
+* :mod:`.runner`: papermill runs of one notebook or the series, with progress, and the stored outputs.
+* :mod:`.paper`: the official CIFAR code's settings and a configuration's departures from them.
+
+Notebooks use ``from sela_edu import course`` and call ``course.pick(...)``, ``course.record_result(...)``.
+The student edition lives in :mod:`sela_edu.editions`; data availability in :mod:`sela_edu.data`.
+"""
+
+from .profiles import *  # noqa: F401,F403
+from .profiles import __all__ as _profiles_all
+from .results import *  # noqa: F401,F403
+from .results import __all__ as _results_all
+from .runner import *  # noqa: F401,F403
+from .runner import __all__ as _runner_all
+from .paper import *  # noqa: F401,F403
+from .paper import __all__ as _paper_all
+
+__all__ = [*_profiles_all, *_results_all, *_runner_all, *_paper_all]

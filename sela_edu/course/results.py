@@ -1,0 +1,131 @@
+"""A notebook's measured numbers as small JSON files, and the summary table beside the paper's figures."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .profiles import output_folder
+
+#: The paper's figures (ICLR 2020 and its official code), keyed as the notebooks record their own.
+PAPER_RESULTS: dict[str, tuple[float, str]] = {
+    "cifar10_knn": (77.6, "CIFAR-10, AlexNet, weighted kNN (%)"),
+    "cifar10_linear": (83.4, "CIFAR-10, AlexNet, linear probe (%)"),
+    "cifar100_knn": (44.2, "CIFAR-100, AlexNet, weighted kNN (%)"),
+    "cifar100_linear": (57.4, "CIFAR-100, AlexNet, linear probe (%)"),
+    "svhn_knn": (92.8, "SVHN, AlexNet, weighted kNN (%)"),
+    "svhn_linear": (94.5, "SVHN, AlexNet, linear probe (%)"),
+    "svhn_supervised": (96.1, "SVHN, supervised (%)"),
+    "svhn_and": (93.7, "SVHN, previous best AND (%)"),
+    "imagenet_resnet50_linear": (61.5, "ImageNet, ResNet-50 10x3k, linear top-1 (%)"),
+    "imagenet_resnet50_nmi": (54.2, "ImageNet val, ResNet-50 10x3k, NMI (%)"),
+    "imagenet_alexnet_linear_1k": (42.1, "ImageNet, AlexNet 1k clusters, linear (%)"),
+    "imagenet_alexnet_linear_10k": (43.8, "ImageNet, AlexNet 10k clusters, linear (%)"),
+    "label_transfer_alexnet_from_resnet50": (48.4, "AlexNet trained on ResNet-50 SeLa labels (%)"),
+    "label_transfer_alexnet_self": (46.5, "AlexNet trained by SeLa itself (%)"),
+    "imagenet_sinkhorn_seconds": (120.0, "Sinkhorn at N=1.28M, K=3000 on GPU (s, 'within 2 minutes')"),
+}
+
+
+def _plain(value):
+    """Numbers from numpy/torch as plain floats/ints; NaN becomes None (JSON has no NaN)."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    raise ValueError(f"record_result takes numbers, strings, lists and dicts; got {type(value).__name__}")
+
+
+def record_result(name: str, values: Mapping[str, Any], *, folder: str | os.PathLike | None = None,
+                  profile: str | None = None, notes: str | None = None,
+                  verdicts: list | None = None) -> Path:
+    """Write a notebook's measured numbers to ``<folder>/results/<name>.json`` and return the path.
+
+    ``values`` maps a key (use the keys of :data:`PAPER_RESULTS` where the paper reports the same
+    quantity) to a number or string. ``folder`` defaults to ``settings.results_dir()``. ``verdicts``:
+    the notebook's result sentences (:func:`sela_edu.verdicts.compare`), printed under the run's table.
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
+        raise ValueError(f"result name must be a plain file stem, got {name!r}")
+    if not isinstance(values, Mapping) or not values:
+        raise ValueError("record_result needs a non-empty dict of measured values")
+    out = output_folder(folder) / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "name": name,
+        "profile": profile,
+        "values": {str(k): _plain(v) for k, v in values.items()},
+        "notes": notes,
+        "verdicts": [str(v) for v in (verdicts or [])],
+        "written": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    path = out / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load_results(folder: str | os.PathLike) -> dict[str, dict]:
+    """All records under ``<folder>/results/`` by name (unreadable files are reported, not fatal)."""
+    out: dict[str, dict] = {}
+    for path in sorted((Path(folder) / "results").glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            out[path.stem] = {"name": path.stem, "values": {}, "notes": f"unreadable: {exc}"}
+            continue
+        out[record.get("name", path.stem)] = record
+    return out
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1 else f"{value:.1f}"
+    return str(value)
+
+
+def summary_table(records: Mapping[str, dict], statuses: Mapping[str, str] | None = None) -> str:
+    """A plain-text table: notebook, status, measure, measured value and the paper's value where the
+    paper reports the same key (see :data:`PAPER_RESULTS`)."""
+    rows = [("notebook", "status", "measure", "measured", "paper")]
+    names = list(statuses or {})
+    names += [n for n in records if n not in names]
+    for name in names:
+        status = (statuses or {}).get(name, "ok")
+        if len(status) > 48:  # the full message is printed with the run; keep the table readable
+            status = status[:45] + "..."
+        values = records.get(name, {}).get("values", {})
+        if not values:
+            rows.append((name, status, "", "", ""))
+            continue
+        for i, (key, value) in enumerate(values.items()):
+            paper = PAPER_RESULTS.get(key, (None, ""))[0]
+            rows.append((name if i == 0 else "", status if i == 0 else "", key, _fmt(value), _fmt(paper)))
+    widths = [max(len(r[c]) for r in rows) for c in range(5)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    said = [(name, v) for name in names for v in records.get(name, {}).get("verdicts") or []]
+    if said:
+        lines += ["", "verdicts (computed from the numbers above):"]
+        lines += [f"  {name[:2]}: {v}" for name, v in said]
+    return "\n".join(lines)
+
+
+__all__ = ["PAPER_RESULTS", "record_result", "load_results", "summary_table"]

@@ -1,0 +1,90 @@
+"""The course machinery: the series runner's overall progress and quiet kernels, data fallback notices,
+and the official-recipe deviation table."""
+
+import io
+
+import pytest
+
+from sela_edu import course, settings
+from sela_edu.trainer import config_from_preset
+
+
+def test_run_series_shows_one_overall_progress_bar(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_execute(name, target, params, **kw):
+        calls.append((name, kw.get("progress")))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("{}")
+
+    monkeypatch.setattr(course.runner, "execute_notebook", fake_execute)
+    stream = io.StringIO()
+    import tqdm.auto
+
+    real = tqdm.auto.tqdm
+    monkeypatch.setattr(tqdm.auto, "tqdm", lambda *a, **k: real(*a, **{**k, "file": stream}))
+    logs = []
+    statuses = course.run_series("smoke", tmp_path / "out", only=["01", "02"], log=logs.append)
+    assert [s.status for s in statuses] == ["ok", "ok"]
+    # each notebook gets its own per-cell bar below the overall one
+    assert all(isinstance(p, dict) and p["position"] == 1 for _, p in calls)
+    text = stream.getvalue()
+    assert "series" in text and "left" in text and "100%" in text
+    assert any(line.startswith("[ ok ] 01_optimal_transport_toy") for line in logs)
+    summary = course.series_summary(tmp_path / "out", statuses)
+    assert summary.rstrip().splitlines()[-4].startswith("executed notebooks:")
+    assert "figures:" in summary
+
+
+def test_run_series_falls_back_with_one_notice_at_the_top(tmp_path, monkeypatch):
+    monkeypatch.setattr(course.runner, "execute_notebook", lambda name, target, params, **kw: kw["extra_env"])
+    monkeypatch.setenv(settings.OFFLINE_ENV, "1")
+    logs = []
+    course.run_series("classroom", tmp_path / "out", only=["03"], data_root=tmp_path / "empty", log=logs.append,
+                      progress=False)
+    assert logs[0].startswith("NOTICE: Fashion-MNIST") and "03" in logs[0]
+    assert "CPU notebooks' data set: digits" in logs[1]
+
+
+def test_quiet_kernel_keeps_the_tcp_warning_out_of_the_terminal(tmp_path, capfd):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hello')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src = tmp_path / "k.ipynb"
+    nbformat.write(nb, src)
+    out = course.execute_notebook(src, tmp_path / "out" / "k.ipynb", {}, results_dir=tmp_path)
+    assert out.cells[0].outputs[0]["text"].strip() == "hello"
+    captured = capfd.readouterr()
+    assert "IPKernelApp" not in captured.err + captured.out
+    assert (tmp_path / "out" / "k.kernel.log").exists()
+
+
+def test_deviation_table_marks_departures_from_the_official_code():
+    rows = {name: same for name, _, _, same in course.deviations(config_from_preset("cifar-paper"))}
+    assert rows["lambda"] and rows["heads x clusters"]
+    assert not rows["Sinkhorn stop"]          # the kit's own stopping rule
+    table = course.deviation_table(config_from_preset("smoke"))
+    assert "<- differs" in table and "official code" in table.splitlines()[0]
+
+
+def test_paper_figures_for_every_small_data_set():
+    for name in ("cifar10", "cifar100", "svhn"):
+        for metric in ("knn", "linear"):
+            assert course.PAPER_RESULTS[f"{name}_{metric}"][0] > 40
+
+
+def test_record_result_keeps_verdicts_for_the_summary(tmp_path):
+    course.record_result("03_self_labelling_on_cpu", {"knn_sela": 88.0}, folder=tmp_path,
+                         verdicts=["SeLa beats k-means labels on kNN accuracy by 2.0 points"])
+    table = course.summary_table(course.load_results(tmp_path))
+    assert "03: SeLa beats k-means labels on kNN accuracy by 2.0 points" in table
+
+
+def test_notebook_tools_names_still_import():
+    from sela_edu import notebook_tools as nbt
+
+    assert nbt.pick("smoke", smoke=1, classroom=2) == 1
+    assert nbt.dataset_available("digits")
+    with pytest.raises(ValueError):
+        nbt.check_profile("fast")
