@@ -24,8 +24,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import editions
-from . import notebook_tools as nbt
+from . import course, editions
 from . import settings
 
 #: Notebooks committed with their outputs (compared by nbval in the tests).
@@ -33,7 +32,7 @@ STORED_OUTPUT_NOTEBOOKS = ("01_optimal_transport_toy", "02_self_labelling_object
 
 
 def _parameters(pairs: Sequence[Sequence[str]] | None) -> dict:
-    return {key: nbt.parse_value(value) for key, value in (pairs or [])}
+    return {key: course.parse_value(value) for key, value in (pairs or [])}
 
 
 def torchrun_command(*, gpus: int = 1, nodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
@@ -69,30 +68,29 @@ def torchrun_command(*, gpus: int = 1, nodes: int = 1, node_rank: int = 0, maste
 def _cmd_run(args) -> int:
     output = Path(args.output) if args.output else settings.results_dir() / "run"
     start = time.perf_counter()
-    statuses = nbt.run_series(args.profile, output, only=args.only or None, parameters=_parameters(args.param),
+    statuses = course.run_series(args.profile, output, only=args.only or None, parameters=_parameters(args.param),
                               data_root=args.data_root, figures_dir=args.figures, timeout=args.timeout)
     print()
-    print(nbt.series_summary(output, statuses))
-    print(f"\nexecuted notebooks: {output / 'notebooks'}; figures: {Path(args.figures) if args.figures else output / 'figures'}; "
-          f"{time.perf_counter() - start:.0f} s in all")
+    print(course.series_summary(output, statuses, figures_dir=args.figures))
+    print(f"wall time of the run: {time.perf_counter() - start:.0f} s")
     return 1 if any(s.status == "failed" for s in statuses) else 0
 
 
 def _cmd_notebook(args) -> int:
     params = _parameters(args.param)
-    src = nbt.notebook_path(args.name)
+    src = course.notebook_path(args.name)
     output = Path(args.output) if args.output else settings.results_dir() / "notebooks"
     target = output / src.name if output.suffix != ".ipynb" else output
     results = target.parent
     if "output_dir" not in params:
         params["output_dir"] = str(results)
     start = time.perf_counter()
-    nbt.execute_notebook(src, target, params, figures_dir=args.figures, results_dir=results,
+    course.execute_notebook(src, target, params, figures_dir=args.figures, results_dir=results,
                          data_root=args.data_root, timeout=args.timeout, progress=not args.quiet)
     print(f"executed {src.name} -> {target} ({time.perf_counter() - start:.0f} s)")
-    records = nbt.load_results(results)
+    records = course.load_results(results)
     if src.stem in records:
-        print(nbt.summary_table({src.stem: records[src.stem]}))
+        print(course.summary_table({src.stem: records[src.stem]}))
     return 0
 
 
@@ -118,7 +116,7 @@ def _cmd_refresh(args) -> int:
     # the committed figures/ are the stored notebooks' figures: refreshing them is the one run that writes there
     os.environ.setdefault(settings.FIGURES_ENV, str(settings.REPO_ROOT / "figures"))
     for name in names:
-        path = nbt.refresh_stored_outputs(name, timeout=args.timeout)
+        path = course.refresh_stored_outputs(name, timeout=args.timeout)
         print(f"re-executed {path} in place")
     return 0
 
@@ -226,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="notebook parameter (repeatable); values are parsed as JSON where possible")
 
     p = sub.add_parser("run", help="run the notebook series with papermill and print the summary table")
-    p.add_argument("--profile", default="classroom", choices=nbt.PROFILES)
+    p.add_argument("--profile", default="classroom", choices=course.PROFILES)
     p.add_argument("--output", default=None, help="default: <results>/run ($SELA_RESULTS_DIR, or results/)")
     p.add_argument("--only", nargs="*", help="notebook names or numbers (default: the whole series)")
     common(p)
