@@ -351,24 +351,34 @@ def model_from_state_dict(state: Mapping[str, Any], layout: str = "auto", *, str
     kit_state, info = convert_state_dict(state, layout)
     if info["arch"] is None:
         raise PretrainedError(f"{source}: a kit state dict without its architecture; use load_checkpoint_file()")
-    model = build_for_state(info["arch"], info["head_sizes"], preact_width=info.get("preact_width", 64))
+    # Built on the meta device: no time spent drawing random weights that the checkpoint replaces.
+    with torch.device("meta"):
+        model = build_for_state(info["arch"], info["head_sizes"], preact_width=info.get("preact_width", 64))
+    reference = model.state_dict()
     if not info["head_sizes"]:
         kit_state = {k: v for k, v in kit_state.items() if not k.startswith("heads.")}
-        expected = {k for k in model.state_dict() if not k.startswith("heads.")}
-    else:
-        expected = set(model.state_dict())
+    expected = {k for k in reference if info["head_sizes"] or not k.startswith("heads.")}
+    for key in expected - set(kit_state):
+        if key.endswith("num_batches_tracked"):  # absent from checkpoints of old PyTorch versions
+            kit_state[key] = torch.zeros((), dtype=torch.long)
     missing = sorted(expected - set(kit_state))
-    unexpected = sorted(set(kit_state) - set(model.state_dict()))
+    unexpected = sorted(set(kit_state) - set(reference))
     if strict and (missing or unexpected):
         raise PretrainedError(f"{source} does not fit the kit's {info['arch']} ({info['layout']} layout): "
                               f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected "
                               f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-    reference = model.state_dict()
     for key, value in kit_state.items():
         if key in reference and tuple(reference[key].shape) != tuple(value.shape):
             raise PretrainedError(f"{source}: {key} has shape {tuple(value.shape)}, the kit's {info['arch']} "
                                   f"expects {tuple(reference[key].shape)}")
-    model.load_state_dict(kit_state, strict=False)
+    kit_state = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in kit_state.items()
+                 if k in reference}
+    model.load_state_dict(kit_state, strict=False, assign=True)
+    if not info["head_sizes"]:
+        model.reset_heads(1, 2)  # a placeholder head on the CPU, for the caller to replace
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:
+        raise PretrainedError(f"{source}: no weights for {leftover[:5]}")
     rot = info.get("rotation_head")
     if rot is not None:
         head = nn.Linear(rot[0].shape[1], rot[0].shape[0])
@@ -376,6 +386,8 @@ def model_from_state_dict(state: Mapping[str, Any], layout: str = "auto", *, str
             head.weight.copy_(rot[0])
             head.bias.copy_(rot[1])
         info["rotation_head"] = head.eval()
+        if hasattr(model, "add_rotation_head"):  # the kit's +Rot models carry it as model.rotation_head
+            model.rotation_head = info["rotation_head"]
     return model.eval(), info
 
 
@@ -419,8 +431,8 @@ def check_zip(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise PretrainedError(f"{path} is not a readable zip archive ({exc}): the download is truncated or "
+    except Exception as exc:  # BadZipFile, OSError, EOFError, UnicodeDecodeError... depending on the damage
+        raise PretrainedError(f"{path} is not a readable zip archive ({type(exc).__name__}: {exc}): the file is truncated or "
                               "corrupt; delete it and download again") from exc
     if bad is not None:
         raise PretrainedError(f"{path}: member {bad} fails its CRC check: the file is corrupt; delete it and "
@@ -580,6 +592,8 @@ def load_checkpoint_file(path: str | os.PathLike, *, layout: str = "auto", trust
         kit_state, info = convert_state_dict(state, "kit")
         kw = {k: build[k] for k in ("arch", "in_channels", "image_size", "small_stem") if build.get(k) is not None}
         model = build_model(num_heads=len(info["head_sizes"]), num_clusters=info["head_sizes"], **kw)
+        if "rotation_head.weight" in kit_state and hasattr(model, "add_rotation_head"):
+            model.add_rotation_head()
         try:
             model.load_state_dict(kit_state)
         except RuntimeError as exc:

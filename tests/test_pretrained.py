@@ -1,0 +1,237 @@
+"""Loading the authors' checkpoints: state dicts fabricated in the official key layouts, cache, verification."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+import torch
+import torchvision
+
+from sela_edu import pretrained as pt
+from sela_edu.models import build_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _official_alexnet(kit, rotation: bool = False, data_parallel: bool = False) -> dict:
+    """The kit's AlexNet weights renamed to models/alexnet.py's keys (features.<i>, classifier.<i>, top_layer<h>)."""
+    out = {}
+    for key, value in kit.state_dict().items():
+        if key.startswith("backbone.0."):
+            name = ("features.module." if data_parallel else "features.") + key[len("backbone.0."):]
+        elif key.startswith("backbone.2."):
+            name = "classifier." + key[len("backbone.2."):]
+        else:
+            head, rest = key[len("heads."):].split(".", 1)
+            name = f"top_layer{head}.{rest}"
+        out[name] = value.clone()
+    if rotation:
+        h = kit.num_heads
+        out[f"top_layer{h}.weight"] = torch.randn(4, 4096)
+        out[f"top_layer{h}.bias"] = torch.randn(4)
+    return out
+
+
+def _official_preact(width: int = 8, heads=(5, 7)) -> tuple[dict, pt.PreActResNet50]:
+    net = pt.PreActResNet50(width=width)
+    state = dict(net.state_dict())
+    for h, k in enumerate(heads):
+        state[f"top_layer{h}.weight"] = torch.randn(k, net.out_dim)
+        state[f"top_layer{h}.bias"] = torch.randn(k)
+    return state, net.eval()
+
+
+@pytest.fixture(scope="module")
+def kit_alexnet():
+    torch.manual_seed(0)
+    return build_model("alexnet", num_heads=3, num_clusters=5, image_size=224).eval()
+
+
+def test_official_alexnet_layout_maps_onto_the_kit(kit_alexnet):
+    kit = kit_alexnet
+    state = _official_alexnet(kit, rotation=True, data_parallel=True)
+    assert pt.detect_layout(pt._strip_module(state)) == "sela-alexnet"
+    model, info = pt.model_from_state_dict(state)
+    assert info["arch"] == "alexnet" and info["head_sizes"] == [5, 5, 5]
+    rot = info["rotation_head"]
+    assert isinstance(rot, torch.nn.Linear) and rot.out_features == 4
+    assert torch.equal(rot.weight, state["top_layer3.weight"])
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(model.features(x), kit.features(x))
+        for a, b in zip(model(x), kit(x)):
+            assert torch.allclose(a, b)
+
+
+def test_single_head_top_layer_and_wrong_shapes(kit_alexnet):
+    state = _official_alexnet(kit_alexnet)
+    for h in (1, 2):
+        del state[f"top_layer{h}.weight"], state[f"top_layer{h}.bias"]
+    state["top_layer.weight"] = state.pop("top_layer0.weight")
+    state["top_layer.bias"] = state.pop("top_layer0.bias")
+    model, info = pt.model_from_state_dict(state)
+    assert info["head_sizes"] == [5]
+    state["features.0.weight"] = torch.zeros(96, 3, 5, 5)
+    with pytest.raises(pt.PretrainedError, match="features|backbone.0.0.weight"):
+        pt.model_from_state_dict(state)
+
+
+def test_preact_resnet50_keys_follow_the_official_file():
+    net = pt.PreActResNet50()  # full width: the official models/resnetv2.py names and shapes
+    shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    assert shapes["features.0.weight"] == (64, 3, 7, 7)
+    assert shapes["features.2.0.bn1.weight"] == (64,)
+    assert shapes["features.2.0.shortcut.0.weight"] == (256, 64, 1, 1)
+    assert shapes["features.5.2.conv3.weight"] == (2048, 512, 1, 1)
+    assert shapes["features.3.0.conv2.weight"] == (128, 128, 3, 3)
+    assert "features.3.1.shortcut.0.weight" not in shapes
+    assert not any(k.startswith("features.1.") for k in shapes)  # the max-pool has no parameters
+    assert net.out_dim == 2048
+
+
+def test_preact_checkpoint_file_round_trip(tmp_path):
+    state, net = _official_preact()
+    path = tmp_path / "resnet-10x3k.pth"
+    torch.save(state, path)
+    pre = pt.load_checkpoint_file(path)
+    assert pre.arch == "resnet50-preact" and pre.layout == "sela-resnetv2" and pre.labels is None
+    assert pre.model.num_clusters == [5, 7]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(pre.model.features(x), net(x), atol=1e-6)
+        out = pre.model(x)
+    assert torch.allclose(out[1], net(x) @ state["top_layer1.weight"].T + state["top_layer1.bias"], atol=1e-5)
+
+
+@pytest.mark.parametrize("label_key", ["labels", "L"])
+def test_torchvision_format_with_labels(tmp_path, label_key):
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18(num_classes=12).eval()
+    labels = torch.randint(0, 12, (3, 40))
+    path = tmp_path / "resnet18-1k_pp.pth"
+    torch.save({"state_dict": tv.state_dict(), label_key: labels}, path)
+    pre = pt.load_checkpoint_file(path)
+    assert pre.arch == "resnet18" and pre.layout == "torchvision"
+    assert torch.equal(pre.labels, labels)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(pre.model(x)[0], tv(x), atol=1e-5)
+
+
+def test_official_resnetv1_layout_maps_like_change_state_dict():
+    tv = torchvision.models.resnet50(num_classes=9).eval()
+    names = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6", "layer4": "7"}
+    state = {}
+    for key, value in tv.state_dict().items():
+        first, rest = key.split(".", 1)
+        if first == "fc":
+            state[f"top_layer0.{rest}"] = value
+        else:
+            state[f"features.{names[first]}.{rest}"] = value
+    model, info = pt.model_from_state_dict(state)
+    assert info["layout"] == "sela-resnetv1" and info["arch"] == "resnet50"
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x)[0], tv(x), atol=1e-4)
+
+
+def test_unknown_layout_is_refused():
+    with pytest.raises(pt.PretrainedError, match="unknown checkpoint layout"):
+        pt.model_from_state_dict({"encoder.weight": torch.zeros(2)})
+
+
+def test_corrupt_and_truncated_files(tmp_path):
+    bad = tmp_path / "garbage.pth"
+    bad.write_bytes(b"this is not a checkpoint" * 10)
+    with pytest.raises(pt.PretrainedError, match="truncated or corrupt"):
+        pt.load_checkpoint_file(bad)
+    state, _ = _official_preact()
+    good = tmp_path / "good.pth"
+    torch.save(state, good)
+    data = good.read_bytes()
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(pt.PretrainedError, match=r"cut\.pth"):
+        pt.load_checkpoint_file(cut)
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(pt.PretrainedError, match="empty"):
+        pt.load_checkpoint_file(empty)
+    with pytest.raises(FileNotFoundError):
+        pt.load_checkpoint_file(tmp_path / "absent.pth")
+
+
+def test_offline_missing_file_names_url_and_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("SELA_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError) as err:
+        pt.load_released("resnet50-1k-pp", offline=True)
+    text = str(err.value)
+    assert "new_models/resnet50-1k_pp.pth" in text and str(tmp_path / "cache" / "resnet50-1k_pp.pth") in text
+    with pytest.raises(FileNotFoundError, match="pretrained.zip"):
+        pt.load_released("alexnet-10x3k-rot", offline=True)
+    with pytest.raises(ValueError, match="unknown released model"):
+        pt.load_released("vgg16")
+
+
+def test_released_from_archive_and_cache_verification(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    state, net = _official_preact()
+    member = tmp_path / "resnet-10x3k.pth"
+    torch.save(state, member)
+    with zipfile.ZipFile(cache / "pretrained.zip", "w") as zf:
+        zf.write(member, "self-label_models/resnet-10x3k.pth")
+        zf.writestr("self-label_models/README", "x")
+    pre = pt.load_released("resnet50-10x3k", cache=cache, offline=True, progress=False)
+    assert pre.spec.name == "resnet50-10x3k" and pre.model.num_clusters == [5, 7]
+    assert (cache / "resnet-10x3k.pth.sha256").is_file()
+    assert pre.info["sha256"] == (cache / "resnet-10x3k.pth.sha256").read_text().split()[0]
+    # a cached file that changes afterwards is caught by its recorded SHA-256
+    extracted = cache / "resnet-10x3k.pth"
+    raw = bytearray(extracted.read_bytes())
+    raw[-100] ^= 0xFF
+    extracted.write_bytes(bytes(raw))
+    with pytest.raises(pt.PretrainedError, match="SHA-256|CRC|corrupt"):
+        pt.load_released("resnet50-10x3k", cache=cache, offline=True)
+    # a member the archive does not hold: the error lists what it holds
+    with pytest.raises(pt.PretrainedError, match="README"):
+        pt.load_released("alexnet-10x3k", cache=cache, offline=True)
+
+
+def test_truncated_archive_is_refused(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with zipfile.ZipFile(tmp_path / "full.zip", "w") as zf:
+        zf.writestr("resnet-10x3k.pth", b"0" * 5000)
+    data = (tmp_path / "full.zip").read_bytes()
+    (cache / "pretrained.zip").write_bytes(data[:2000])
+    with pytest.raises(pt.PretrainedError, match="truncated or corrupt|CRC"):
+        pt.fetch("resnet50-10x3k", cache=cache, offline=True)
+
+
+def test_kit_model_file_and_bare_state_dict(tmp_path):
+    model = build_model("smallcnn", num_heads=2, num_clusters=[3, 4], in_channels=1, image_size=28)
+    path = tmp_path / "model.pt"
+    torch.save({"build_kwargs": dict(model.build_kwargs), "state_dict": model.state_dict(),
+                "data": {"mean": [0.3], "std": [0.35]}}, path)
+    pre = pt.load_checkpoint_file(path)
+    assert pre.layout == "kit" and pre.arch == "smallcnn" and pre.image_size == 28
+    assert pre.mean == (0.3,) and pre.model.num_clusters == [3, 4]
+    bare = tmp_path / "bare.pt"
+    torch.save(model.state_dict(), bare)
+    with pytest.raises(pt.PretrainedError, match="arch="):
+        pt.load_checkpoint_file(bare)
+    pre = pt.load_checkpoint_file(bare, arch="smallcnn", image_size=28, in_channels=1)
+    x = torch.randn(2, 1, 28, 28)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(pre.model.features(x), model.features(x))
+
+
+def test_list_released_names_every_model_and_readme_figures():
+    text = pt.list_released()
+    for name in pt.RELEASED:
+        assert name in text
+    assert "61.5" in text and "68.8" in text
+    assert all(spec.url.startswith(pt.ASSET_URL) for spec in pt.RELEASED.values())
