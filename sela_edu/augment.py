@@ -78,6 +78,31 @@ def plain_transform(
     return normalise(x, mean, std)
 
 
+class CenterUpsample(nn.Module):
+    """torchvision's ``Resize(round(size * 256 / 224))`` + ``CenterCrop(size)`` for in-memory batches.
+
+    The official CIFAR code feeds 32 px images to the ImageNet AlexNet this way: the central 224/256 of
+    each image (28 of 32 pixels) at ``size`` x ``size``, then normalised. Called like a
+    :class:`BatchAugment` (``generator`` is accepted and unused: nothing is random).
+    """
+
+    def __init__(self, size: int, *, mean: Sequence[float], std: Sequence[float], resize: int | None = None) -> None:
+        super().__init__()
+        if int(size) < 1:
+            raise ValueError(f"size must be a positive number of pixels, got {size}")
+        self.size = int(size)
+        self.resize = round(self.size * 256 / 224) if resize is None else int(resize)
+        if self.resize < self.size:
+            raise ValueError(f"resize ({self.resize}) must be at least the crop size ({self.size})")
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = F.interpolate(to_float(x), size=(self.resize, self.resize), mode="bilinear", align_corners=False,
+                          antialias=True)
+        top = (self.resize - self.size) // 2
+        return normalise(x[..., top:top + self.size, top:top + self.size], self.mean, self.std)
+
+
 def _grey(x: torch.Tensor) -> torch.Tensor:
     """N x 1 x H x W luma of an N x 3 x H x W batch."""
     w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

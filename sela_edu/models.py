@@ -63,6 +63,7 @@ class MultiHeadNet(nn.Module):
         self.feature_dim = int(feature_dim)
         self.build_kwargs = dict(build_kwargs or {})
         self.heads = nn.ModuleList()
+        self.rotation_head: nn.Linear | None = None
         self.reset_heads(num_heads, num_clusters)
 
     @property
@@ -78,10 +79,39 @@ class MultiHeadNet(nn.Module):
         """The ``N x feature_dim`` representation (input of the heads)."""
         return self.backbone(x)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """One ``N x K_j`` score tensor (logits, before softmax) per head."""
+    def conv_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last convolutional stage, flattened: the backbone up to its first fully connected layer.
+
+        The paper's linear probes read this layer (conv5 of AlexNet); kNN reads :meth:`features` (fc).
+        For a backbone without fully connected layers (the ResNets) it equals :meth:`features`.
+        """
+        if not isinstance(self.backbone, nn.Sequential):
+            return self.features(x).flatten(1)
+        for layer in self.backbone:
+            if isinstance(layer, nn.Linear) or (isinstance(layer, nn.Sequential) and isinstance(layer[0], (nn.Dropout, nn.Linear))):
+                break
+            x = layer(x)
+        return x.flatten(1)
+
+    def forward(self, x: torch.Tensor, rotation: bool = False) -> list[torch.Tensor]:
+        """One ``N x K_j`` score tensor (logits, before softmax) per head; with ``rotation=True`` the
+        logits of the rotation head (:meth:`add_rotation_head`) follow as the last entry."""
         feats = self.features(x)
-        return [head(feats) for head in self.heads]
+        out = [head(feats) for head in self.heads]
+        if rotation:
+            if self.rotation_head is None:
+                raise ValueError("this model has no rotation head: call add_rotation_head() first")
+            out.append(self.rotation_head(feats))
+        return out
+
+    def add_rotation_head(self) -> None:
+        """Add the 4-way rotation classifier of SeLa + Rot (0, 90, 180 or 270 degrees), beside the heads."""
+        ref = next(self.backbone.parameters(), None)
+        head = nn.Linear(self.feature_dim, 4)
+        if ref is not None:
+            head = head.to(device=ref.device, dtype=ref.dtype)
+        self.rotation_head = head
+        self.build_kwargs["rotation"] = True
 
     def reset_heads(self, num_heads: int, num_clusters: ClusterSpec) -> None:
         """Replace the heads by ``num_heads`` freshly initialised ones (same device and dtype as the
@@ -212,7 +242,7 @@ def _resnet(arch: str, in_channels: int, small_stem: bool) -> tuple[nn.Module, i
 
 
 def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10, in_channels: int = 3,
-                image_size: int = 32, small_stem: bool | None = None) -> MultiHeadNet:
+                image_size: int = 32, small_stem: bool | None = None, rotation: bool = False) -> MultiHeadNet:
     """Build a :class:`MultiHeadNet` with ``num_heads`` heads of ``num_clusters`` clusters.
 
     Args:
@@ -223,6 +253,7 @@ def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10
         image_size: side of the (square) input in pixels; decides strides (smallcnn), the ResNet stem,
             and is checked against the architecture's minimum (``MIN_IMAGE_SIZE``).
         small_stem: ResNets only: 3x3/1 first conv without max-pool; default ``image_size <= 64``.
+        rotation: also a 4-way rotation head (SeLa + Rot, see :meth:`MultiHeadNet.add_rotation_head`).
 
     Raises:
         ValueError: unknown ``arch``, an image too small for it, ``small_stem=True`` for a non-ResNet,
@@ -262,6 +293,8 @@ def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10
                   small_stem=bool(small_stem) if is_resnet else None)
     model = MultiHeadNet(backbone, dim, num_heads, num_clusters, build_kwargs=kwargs)
     model.arch, model.in_channels, model.image_size = arch, in_channels, image_size
+    if rotation:
+        model.add_rotation_head()
     return model
 
 

@@ -63,11 +63,13 @@ from .settings import pick_device, seed_everything
 
 METHODS = ("sela", "kmeans", "supervised")
 SCHEDULES = ("even", "quadratic")
+SCORE_MODES = ("plain", "augmented")
+RELABEL_HEADS = ("all", "round-robin")
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: Config fields that may change between a run and its resumption (they do not change the maths).
 # Settings that do not change what is trained (where it runs, how it is watched), so a checkpoint
 # written under other values resumes exactly.
-RESUMABLE_CHANGES = ("epochs", "checkpoint_dir", "device", "num_workers", "eval_every", "knn_k")
+RESUMABLE_CHANGES = ("epochs", "checkpoint_dir", "device", "num_workers", "eval_every", "knn_k", "knn_pca")
 
 
 @dataclass
@@ -96,7 +98,21 @@ class TrainConfig:
         num_workers: DataLoader workers for image folders (in-memory sets need none).
         max_images: train on a seeded random subset of this many images (None: all).
         score_batch_size: batch size of the scoring passes (None: twice ``batch_size``).
-        knn_k: neighbours for the kNN evaluation.
+        knn_k, knn_pca: neighbours for the kNN evaluation, and the PCA dimension of the features before it
+            (None: none; the official CIFAR code uses k = 10 after PCA to 128).
+        image_size: train and label at this size (None: the data's own). The official CIFAR code upsamples
+            32 px images as torchvision's Resize(256) + RandomResizedCrop(224) for training and Resize(256)
+            + CenterCrop(224) for labels and features; ``image_size=224`` does the same.
+        score_mode: what the label step scores: "plain" (un-augmented images, network in eval mode, the
+            kit's default) or "augmented" (the training augmentation with BatchNorm in train mode, as the
+            official CIFAR code, which scores its training loader).
+        relabel_heads: "all" heads at every label optimisation (official ImageNet code) or "round-robin",
+            one head per optimisation in turn (official CIFAR code: head ``epoch % heads``).
+        warm_start: start each head's label optimisation from its cluster potentials of the previous one
+            (the same labels in fewer solver passes).
+        rotation: SeLa + Rot (the official retrain_with_rotnet.py): a 4-way rotation head beside the
+            clustering heads; every batch is seen at 0, 90, 180 and 270 degrees, the clustering loss is
+            taken on the upright views, the rotation loss on all four, and the two are added.
     """
 
     dataset: str = "digits"
@@ -127,6 +143,12 @@ class TrainConfig:
     max_images: int | None = None
     score_batch_size: int | None = None
     knn_k: int = 200
+    knn_pca: int | None = None
+    image_size: int | None = None
+    score_mode: str = "plain"
+    relabel_heads: str = "all"
+    warm_start: bool = True
+    rotation: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.num_clusters, tuple):
@@ -147,9 +169,16 @@ class TrainConfig:
             positive_int(name)
         for name in ("nopts", "seed", "eval_every", "num_workers"):
             positive_int(name, 0)
-        for name in ("max_images", "score_batch_size"):
+        for name, minimum in (("max_images", 2), ("score_batch_size", 1), ("knn_pca", 1), ("image_size", 8)):
             if getattr(self, name) is not None:
-                positive_int(name, 2 if name == "max_images" else 1)
+                positive_int(name, minimum)
+        if self.score_mode not in SCORE_MODES:
+            raise ValueError(f"unknown score_mode {self.score_mode!r}; choose one of {SCORE_MODES}")
+        if self.relabel_heads not in RELABEL_HEADS:
+            raise ValueError(f"unknown relabel_heads {self.relabel_heads!r}; choose one of {RELABEL_HEADS}")
+        for name in ("warm_start", "rotation", "amp"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         self.cluster_list()  # validates num_clusters against num_heads
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
@@ -195,11 +224,25 @@ class TrainConfig:
 
 #: Named settings. Every field can be overridden: ``config_from_preset("classroom", epochs=3)``.
 PRESETS: dict[str, dict[str, Any]] = {
-    # The official CIFAR-10/100 and SVHN recipe (cifar.py of yukimasano/self-label): learning rate
-    # x0.1 at epochs 240 and 320 of 400. "auto" picks alexnet32 for 32 px images.
-    "cifar-paper": dict(dataset="cifar10", arch="auto", num_heads=10, num_clusters=128, lam=10.0, epochs=400,
-                        nopts=400, nopt_schedule="even", batch_size=128, lr=0.03, momentum=0.9,
-                        weight_decay=5e-4, lr_milestones=[240, 320], lr_gamma=0.1, storage_dtype="float32"),
+    # The official CIFAR-10/100 and SVHN recipe, as cifar.py of yukimasano/self-label runs it: CIFAR
+    # upsampled to 224 px (Resize 256 + RandomResizedCrop 224; Resize 256 + CenterCrop 224 for labels
+    # and features) into the ImageNet AlexNet; 10 heads x 128 clusters, lambda 10; 400 optimisations
+    # evenly spaced over 400 epochs, each solving ONE head in turn (head = epoch % heads) on scores of
+    # the training loader (augmented images, BatchNorm in train mode); SGD lr 0.03, x0.1 at epochs 240
+    # and 320; final kNN k = 10, sigma 0.1 on the 4096-d fc features after PCA to 128. The kit's
+    # departures: float32 storage of P with float64 cluster potentials instead of float64 throughout,
+    # its own stopping rule (tol on the cluster masses) and warm-started solver.
+    "cifar-paper": dict(dataset="cifar10", arch="alexnet", image_size=224, num_heads=10, num_clusters=128,
+                        lam=10.0, epochs=400, nopts=400, nopt_schedule="even", batch_size=128, lr=0.03,
+                        momentum=0.9, weight_decay=5e-4, lr_milestones=[240, 320], lr_gamma=0.1,
+                        score_mode="augmented", relabel_heads="round-robin", storage_dtype="float32",
+                        knn_k=10, knn_pca=128, num_workers=0),
+    # The kit's 32 px variant of that recipe: CIFAR at its own size into the CIFAR AlexNet (alexnet32),
+    # every head relabelled at every optimisation on plain images. About 50x cheaper per image.
+    "cifar-32": dict(dataset="cifar10", arch="auto", num_heads=10, num_clusters=128, lam=10.0, epochs=400,
+                     nopts=400, nopt_schedule="even", batch_size=128, lr=0.03, momentum=0.9,
+                     weight_decay=5e-4, lr_milestones=[240, 320], lr_gamma=0.1, storage_dtype="float32",
+                     knn_k=10),
     # The official ImageNet recipe (main.py): 10 heads x 3000 clusters, lambda 25, 100 optimisations
     # spaced quadratically, lr 0.05, x0.1 every 150 epochs, and 0.05 x 1e-3 from epoch 350. Scores are
     # stored in bfloat16 (float32's range at half the memory; float16 underflows below 6e-8): 1.28M x
@@ -304,8 +347,9 @@ def build_for_config(config: TrainConfig, data, num_clusters: list[int] | None =
 
     ks = config.cluster_list() if num_clusters is None else list(num_clusters)
     torch.manual_seed(config.seed)
-    return build_model(resolve_arch(config.arch, data.image_size), num_heads=len(ks), num_clusters=ks,
-                       in_channels=data.num_channels, image_size=data.image_size)
+    size = config.image_size or data.image_size
+    return build_model(resolve_arch(config.arch, size), num_heads=len(ks), num_clusters=ks,
+                       in_channels=data.num_channels, image_size=size, rotation=config.rotation)
 
 
 def random_init_model(config: TrainConfig, data) -> nn.Module:
@@ -344,17 +388,55 @@ def _plain_loader(data, batch_size: int, device: torch.device, seed: int, num_wo
                        distributed=distributed, num_workers=num_workers)
 
 
+def training_augment(config: TrainConfig, data):
+    """The training augmentation of ``data`` at ``config.image_size`` (None: the loader's default)."""
+    from .data import ImageData, default_augment
+
+    if config.image_size is None or not isinstance(data, ImageData) or config.image_size == data.image_size:
+        return None
+    return default_augment(data.name, size=config.image_size, mean=data.mean, std=data.std)
+
+
+def plain_loader(config: TrainConfig, data, batch_size: int, *, device=None, seed: int = 0,
+                 distributed: bool | None = None):
+    """Un-augmented batches in data order, as the config's network sees them (labels, features, kNN).
+
+    With ``config.image_size`` set, in-memory images are upsampled as torchvision's Resize(size * 256 / 224)
+    + CenterCrop(size) would (the official CIFAR code's test transform).
+    """
+    from .augment import CenterUpsample
+    from .data import ImageData, make_loader
+
+    distributed = dist_utils.get_world_size() > 1 if distributed is None else distributed
+    device = pick_device(config.device) if device is None else torch.device(device)
+    common = dict(device=device, seed=seed, distributed=distributed, num_workers=config.num_workers)
+    if config.image_size is None or not isinstance(data, ImageData) or config.image_size == data.image_size:
+        return make_loader(data, batch_size, train=False, shuffle=False, **common)
+    # the loader applies its "augment" to every batch when train=True; here it is a fixed transform
+    upsample = CenterUpsample(config.image_size, mean=data.mean, std=data.std)
+    return make_loader(data, batch_size, train=True, shuffle=False, drop_last=False, augment=upsample, **common)
+
+
 @torch.no_grad()
 def relabel(model: nn.Module, data, *, lam: float = 10.0, batch_size: int = 512, device=None,
             storage_dtype: torch.dtype | str = torch.float32, tol: float = 1e-3, max_iter: int = 1000,
-            amp: bool = False, progress: bool = False, loader=None, timings: dict | None = None) -> list:
-    """Optimise labels for every head of ``model`` on ``data`` (SeLa's step 1).
+            amp: bool = False, progress: bool = False, loader=None, timings: dict | None = None,
+            heads: list[int] | None = None, init: list | None = None, train_mode: bool = False) -> list:
+    """Optimise labels for the heads of ``model`` on ``data`` (SeLa's step 1).
 
-    Scores every image once without augmentation (eval mode), streaming each batch into one
-    :class:`~sela_edu.sinkhorn.ScoreBuffer` per head, then solves with
-    :func:`~sela_edu.sinkhorn.self_label`. Returns one SelfLabelResult per head whose ``labels`` cover
-    all N images in data order (gathered from every rank in a distributed run). ``timings``, when
-    given, receives ``score_seconds`` and ``solve_seconds``.
+    Scores every image once, streaming each batch into one :class:`~sela_edu.sinkhorn.ScoreBuffer` per
+    head, then solves each head with :func:`~sela_edu.sinkhorn.self_label`. Returns one SelfLabelResult
+    per solved head whose ``labels`` cover all N images in data order (gathered from every rank in a
+    distributed run).
+
+    By default the images are plain (no augmentation) and the network is in eval mode. The official
+    CIFAR code instead scores its training loader: pass that ``loader`` (augmented, unshuffled) and
+    ``train_mode=True`` (BatchNorm uses batch statistics, as there).
+
+    ``heads``: which heads to solve (default all; the official CIFAR code solves one per optimisation).
+    ``init``: one cluster potential (or None) per solved head, from an earlier optimisation of the same
+    head: a warm start, which reaches the same labels in fewer passes. ``timings``, when given, receives
+    ``score_seconds``, ``solve_seconds`` and ``head_seconds`` (one per solved head).
     """
     from .sinkhorn import ScoreBuffer, self_label
 
@@ -364,14 +446,20 @@ def relabel(model: nn.Module, data, *, lam: float = 10.0, batch_size: int = 512,
         storage_dtype = STORAGE_DTYPES[storage_dtype]
     if loader is None:
         loader = _plain_loader(data, batch_size, device, 0, 0)
-    ks = [head.out_features for head in net.heads]
+    all_ks = [head.out_features for head in net.heads]
+    heads = list(range(len(all_ks))) if heads is None else [int(h) for h in heads]
+    if not heads or any(not 0 <= h < len(all_ks) for h in heads):
+        raise ValueError(f"heads must name some of the model's {len(all_ks)} heads, got {heads}")
+    init = [None] * len(heads) if init is None else list(init)
+    if len(init) != len(heads):
+        raise ValueError(f"init needs one potential (or None) per solved head: {len(heads)}, got {len(init)}")
     rows = _kept_rows(loader)
     use_amp = amp and device.type == "cuda"
     was_training = net.training
-    net.eval()
+    net.train(train_mode)
     _sync(device)
     t0 = time.perf_counter()
-    buffers = [ScoreBuffer(rows, k, lam, storage_dtype=storage_dtype, device=device) for k in ks]
+    buffers = [ScoreBuffer(rows, all_ks[h], lam, storage_dtype=storage_dtype, device=device) for h in heads]
     seen: list[torch.Tensor] = []
     filled = 0
     for x, _, index in _progress(loader, progress, "scoring"):
@@ -380,15 +468,19 @@ def relabel(model: nn.Module, data, *, lam: float = 10.0, batch_size: int = 512,
             break
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             outputs = net(x[:take])
-        for buffer, scores in zip(buffers, outputs):
-            buffer.add(scores)
+        for buffer, h in zip(buffers, heads):
+            buffer.add(outputs[h])
         seen.append(index[:take].cpu())
         filled += take
+    net.train(was_training)
     _sync(device)
     t1 = time.perf_counter()
-    results = self_label(buffers, tol=tol, max_iter=max_iter)
-    if not isinstance(results, (list, tuple)):
-        results = [results]
+    results, head_seconds = [], []
+    for buffer, start in zip(buffers, init):
+        t_head = time.perf_counter()
+        results.append(self_label(buffer, tol=tol, max_iter=max_iter, init=start))
+        _sync(device)
+        head_seconds.append(time.perf_counter() - t_head)
     indices = torch.cat(seen)
     local = torch.stack([r.labels.cpu() for r in results])
     if dist_utils.get_world_size() > 1:
@@ -396,13 +488,12 @@ def relabel(model: nn.Module, data, *, lam: float = 10.0, batch_size: int = 512,
     else:
         full = torch.empty_like(local)
         full[:, indices] = local
-    out = [_with_labels(r, full[h]) for h, r in enumerate(results)]
+    out = [_with_labels(r, full[i]) for i, r in enumerate(results)]
     _sync(device)
-    t2 = time.perf_counter()
-    net.train(was_training)
     if timings is not None:
         timings["score_seconds"] = t1 - t0
-        timings["solve_seconds"] = t2 - t1
+        timings["solve_seconds"] = time.perf_counter() - t1
+        timings["head_seconds"] = head_seconds
     return out
 
 
@@ -504,6 +595,7 @@ class TrainResult:
             relabel_seconds, score_seconds, solve_seconds, images_per_second, relabels.
         indices: positions in the given data of the images trained on (``max_images`` subset) or None.
         last_relabel: the SelfLabelResults of the last label optimisation of this call (or None).
+        potentials: per head, the cluster potentials of its last label optimisation (or None).
     """
 
     model: nn.Module
@@ -513,6 +605,52 @@ class TrainResult:
     timings: dict[str, float]
     indices: torch.Tensor | None = None
     last_relabel: list | None = None
+    potentials: list | None = None
+
+    def label_steps(self) -> list[dict]:
+        """Every label optimisation's health record (see :func:`train`), in order, over all epochs."""
+        return [row for record in self.history for row in record.get("label_steps", [])]
+
+
+@dataclass
+class _Loop:
+    """The state of the training loop that a checkpoint holds besides model and optimiser."""
+
+    labels: torch.Tensor  # heads x N, on the training device
+    potentials: list  # per head: float64 K-vector of its last label optimisation (warm start), or None
+    schedule: list[int]
+    epoch: int = 0
+    step: int = 0
+    position: int = 0  # next entry of ``schedule``
+    relabel_count: int = 0
+    has_optimised: bool = False
+    history: list[dict] = field(default_factory=list)
+    last_results: list | None = None
+
+
+@dataclass
+class _Setup:
+    """What a run is made of (fixed once built): data, model, optimiser, loaders, where it runs."""
+
+    config: TrainConfig
+    data: Any
+    ks: list[int]
+    targets: Any
+    subset: torch.Tensor | None
+    device: torch.device
+    use_amp: bool
+    rank: int
+    world: int
+    model: nn.Module
+    net: nn.Module  # the model, wrapped in DDP in a distributed run
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    loader: Any  # augmented, shuffled training batches
+    score_loader: Any  # what the label step scores (plain, or augmented in train mode)
+    steps_per_epoch: int
+    ckpt_dir: Path | None
+    show: bool
 
 
 def subset_indices(num_images: int, max_images: int | None, seed: int) -> torch.Tensor | None:
@@ -622,15 +760,257 @@ def _changes(previous: torch.Tensor, new: torch.Tensor) -> dict[str, list[float]
 def _evaluate(model, data, eval_data, config, device) -> dict[str, float]:
     """Weighted kNN accuracy of the current features on ``eval_data`` (train split as memory bank)."""
     from . import evaluation
-    from .data import make_loader
 
     net = _unwrap(model)
     bs = config.score_batch_size or 2 * config.batch_size
     # Every rank evaluates on the whole of both sets (no shards): the numbers agree across ranks.
-    train_feats = evaluation.extract_features(net, make_loader(data, bs, train=False, device=device))
-    test_feats = evaluation.extract_features(net, make_loader(eval_data, bs, train=False, device=device))
+    train_feats = evaluation.extract_features(net, plain_loader(config, data, bs, device=device, distributed=False))
+    test_feats = evaluation.extract_features(net, plain_loader(config, eval_data, bs, device=device, distributed=False))
+    if config.knn_pca is not None:
+        train_feats, test_feats = evaluation.pca_project(train_feats, test_feats, dim=config.knn_pca)
     acc = evaluation.knn_accuracy(train_feats, data.targets, test_feats, eval_data.targets, k=config.knn_k)
     return {"knn_accuracy": float(acc)}
+
+
+def _build(config: TrainConfig, data, labels) -> tuple[_Setup, _Loop]:
+    """Data, model, optimiser and loaders of a run, and its loop state at the start (before any resume)."""
+    from .data import load_dataset, make_loader
+
+    if data is None:
+        data = load_dataset(config.dataset, "train")
+    rank, world = dist_utils.init_from_env()
+    device = dist_utils.device_for_rank(pick_device(config.device))
+    subset = subset_indices(len(data), config.max_images, config.seed)
+    if labels is not None:
+        labels = torch.as_tensor(labels)
+        if labels.shape[-1] != len(data):
+            raise ValueError(f"labels cover {labels.shape[-1]} images but the data has {len(data)}")
+        if subset is not None:
+            labels = labels[..., subset]
+    if subset is not None:
+        data = data.subset(subset)
+    ks = config.cluster_list()
+    fixed = _fixed_labels(config, data, labels)
+    targets = getattr(data, "targets", None)
+    if targets is not None and (len(targets) != len(data) or int(torch.as_tensor(targets).min()) < 0):
+        targets = None
+
+    seed_everything(config.seed)
+    model = build_for_config(config, data).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    if config.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    else:
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=config.lr_milestones,
+                                                         gamma=config.lr_gamma)
+    use_amp = bool(config.amp) and device.type == "cuda"
+    common = dict(device=device, distributed=world > 1, num_workers=config.num_workers)
+    loader = make_loader(data, config.batch_size, train=True, seed=config.seed,
+                         augment=training_augment(config, data), **common)
+    if len(loader) < 1:
+        raise ValueError(f"no full batch: {len(data)} images per process and batch_size {config.batch_size}; "
+                         "lower batch_size")
+    score_bs = config.score_batch_size or 2 * config.batch_size
+    if config.score_mode == "augmented":  # the official CIFAR code scores its (augmented) training loader
+        score_loader = make_loader(data, score_bs, train=True, shuffle=False, drop_last=False, seed=config.seed + 1,
+                                   augment=training_augment(config, data), **common)
+    else:
+        score_loader = plain_loader(config, data, score_bs, device=device, seed=config.seed,
+                                    distributed=world > 1)
+    relabels_on = config.method != "supervised"
+    schedule = relabel_schedule(config.epochs, config.nopts if relabels_on else 0, config.nopt_schedule, len(loader))
+    start = fixed if fixed is not None else initial_labels(len(data), ks, config.seed)
+    setup = _Setup(config=config, data=data, ks=ks, targets=targets, subset=subset, device=device, use_amp=use_amp,
+                   rank=rank, world=world, model=model, net=model, optimizer=optimizer, scheduler=scheduler,
+                   scaler=torch.amp.GradScaler("cuda", enabled=use_amp), loader=loader,
+                   score_loader=score_loader, steps_per_epoch=len(loader),
+                   ckpt_dir=Path(config.checkpoint_dir) if config.checkpoint_dir else None, show=False)
+    return setup, _Loop(labels=start.to(device), potentials=[None] * len(ks), schedule=schedule)
+
+
+def _restore(s: _Setup, loop: _Loop, path: Path) -> None:
+    """Continue from the checkpoint at ``path``: model, optimiser, labels, potentials, loop position, RNG."""
+    state = ckpt.load_checkpoint(path)
+    _check_resumable(state["config"], s.config, path)
+    shape = (len(s.ks), len(s.data))
+    if tuple(state["labels"].shape) != shape:
+        raise ValueError(f"checkpoint {path} holds labels for {tuple(state['labels'].shape)} "
+                         f"(heads x images) but this run has {shape}: a different data set?")
+    s.model.load_state_dict(state["model"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scheduler.load_state_dict(state["scheduler"])
+    s.scaler.load_state_dict(state["scaler"])
+    loop.labels = state["labels"].clone().to(s.device)
+    loop.potentials = list(state.get("potentials") or [None] * len(s.ks))
+    loop.epoch, loop.step, loop.history = state["epoch"], state["step"], list(state["history"])
+    loop.relabel_count, loop.has_optimised = state["relabel_count"], state["has_optimised"]
+    same_steps = state.get("steps_per_epoch") == s.steps_per_epoch
+    if not same_steps:
+        # Another number of processes (or images): batches per epoch differ, so continue from the
+        # start of the saved epoch under the new step count. Not bit-exact, but the same recipe.
+        warnings.warn(f"checkpoint {path} was written with {state.get('steps_per_epoch')} batches per "
+                      f"epoch (world size {state.get('world_size')}); this run has {s.steps_per_epoch} "
+                      f"(world size {s.world}): the relabelling schedule is re-spaced from epoch {loop.epoch}",
+                      RuntimeWarning, stacklevel=3)
+        loop.step = loop.epoch * s.steps_per_epoch
+    if state["config"]["epochs"] == s.config.epochs and same_steps:
+        loop.schedule, loop.position = list(state["schedule"]), state["schedule_position"]
+    else:  # a longer (or shorter) run: same spacing rule over the new length, from here on
+        loop.position = next((i for i, step in enumerate(loop.schedule) if step >= loop.step), len(loop.schedule))
+    _set_rng_state(state["rng"], s.loader)
+
+
+def _save_checkpoint(s: _Setup, loop: _Loop) -> float:
+    """Write last.pt (rank 0) and wait for every rank; returns the seconds it took."""
+    t0 = time.perf_counter()
+    if s.rank == 0:
+        ckpt.save_rotating(s.ckpt_dir, {
+            "config": s.config.to_dict(), "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(), "labels": loop.labels.cpu(),
+            "potentials": loop.potentials, "epoch": loop.epoch, "step": loop.step, "schedule": loop.schedule,
+            "schedule_position": loop.position, "relabel_count": loop.relabel_count,
+            "has_optimised": loop.has_optimised, "history": loop.history, "rng": _rng_state(s.loader),
+            "indices": s.subset, "world_size": s.world, "steps_per_epoch": s.steps_per_epoch,
+        })
+    dist_utils.barrier()
+    return time.perf_counter() - t0
+
+
+def _heads_to_solve(config: TrainConfig, relabel_count: int, num_heads: int) -> list[int]:
+    """Every head, or (round robin, as the official CIFAR code) one head per optimisation in turn."""
+    if config.relabel_heads == "round-robin":
+        return [relabel_count % num_heads]
+    return list(range(num_heads))
+
+
+def _label_step(s: _Setup, loop: _Loop) -> tuple[dict, list[dict], dict | None]:
+    """One label optimisation (SeLa's Sinkhorn-Knopp, or k-means for the baseline) into ``loop.labels``.
+
+    Returns its timings, one health row per solved head (SeLa only) and, after the first optimisation,
+    how much the labels changed.
+    """
+    config = s.config
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        dist_utils.average_buffers(s.model)
+    part: dict[str, Any] = {}
+    previous = loop.labels.cpu()
+    rows: list[dict] = []
+    if config.method == "sela":
+        heads = _heads_to_solve(config, loop.relabel_count, len(s.ks))
+        init = [loop.potentials[h] if config.warm_start else None for h in heads]
+        s.score_loader.set_epoch(loop.relabel_count)  # fresh augmentations per optimisation ("augmented")
+        results = relabel(s.model, s.data, lam=config.lam, device=s.device, storage_dtype=config.storage_dtype,
+                          tol=config.sinkhorn_tol, max_iter=config.sinkhorn_max_iter, amp=s.use_amp,
+                          loader=s.score_loader, timings=part, heads=heads, init=init,
+                          train_mode=config.score_mode == "augmented")
+        new = previous.clone()
+        for h, start, result, seconds in zip(heads, init, results, part["head_seconds"]):
+            new[h] = result.labels.cpu()
+            loop.potentials[h] = result.cluster_potential.cpu()
+            rows.append({"epoch": loop.epoch + 1, "step": loop.step, "head": h, "warm": start is not None,
+                         "passes": getattr(result, "passes", result.iterations), "converged": bool(result.converged),
+                         "error": float(result.error), "seconds": float(seconds)})
+        loop.last_results = results
+    else:  # kmeans
+        new = kmeans_relabel(s.model, s.data, s.ks, seed=config.seed + 1000 * loop.relabel_count,
+                             loader=s.score_loader, timings=part, amp=s.use_amp)
+        _reinit_heads(s.model, s.optimizer)
+    changes = _changes(previous, new) if loop.has_optimised else None
+    loop.has_optimised = True
+    loop.labels = new.to(s.device)
+    loop.position += 1
+    loop.relabel_count += 1
+    timing = {"score_seconds": part.get("score_seconds", 0.0), "solve_seconds": part.get("solve_seconds", 0.0),
+              "relabel_seconds": time.perf_counter() - t0}
+    return timing, rows, changes
+
+
+def _health_text(rows: list[dict]) -> str:
+    """The progress bar's summary of a label step: passes per head, and whether every head converged."""
+    passes = "/".join(str(r["passes"]) for r in rows)
+    return f"{passes} passes" + ("" if all(r["converged"] for r in rows) else " NOT CONVERGED")
+
+
+def _sgd_step(s: _Setup, labels: torch.Tensor, x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of SeLa's step 2: cross-entropy against the current labels, averaged over heads (plus the
+    rotation loss for SeLa + Rot). Returns the loss and the rotation head's correct guesses (0 without it)."""
+    index = index.to(s.device)
+    n = x.shape[0]
+    with torch.autocast(s.device.type, dtype=torch.float16, enabled=s.use_amp):
+        if s.config.rotation:  # the four rotations of every image; labels apply to the upright ones
+            outputs = s.net(torch.cat([torch.rot90(x, r, dims=(2, 3)) for r in range(4)]), rotation=True)
+            turns = torch.arange(4, device=s.device).repeat_interleave(n)
+            rotation_logits, outputs = outputs[-1].float(), [out[:n] for out in outputs[:-1]]
+        else:
+            outputs = s.net(x)
+        loss = torch.stack([F.cross_entropy(out.float(), labels[h, index]) for h, out in enumerate(outputs)]).mean()
+        if s.config.rotation:
+            loss = loss + F.cross_entropy(rotation_logits, turns)
+    s.optimizer.zero_grad(set_to_none=True)
+    s.scaler.scale(loss).backward()
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    correct = (rotation_logits.argmax(1) == turns).sum() if s.config.rotation else torch.zeros((), device=s.device)
+    return loss.detach(), correct.detach()
+
+
+def _train_epoch(s: _Setup, loop: _Loop) -> dict:
+    """One epoch of SGD, with the label optimisations the schedule puts in it; returns its history record."""
+    config = s.config
+    s.loader.set_epoch(loop.epoch)
+    s.net.train()
+    t_epoch = time.perf_counter()
+    timing = {"relabel_seconds": 0.0, "score_seconds": 0.0, "solve_seconds": 0.0}
+    changes: dict = {"label_change": None, "label_nmi_previous": None}
+    label_rows: list[dict] = []
+    relabels_now, batches, health = 0, 0, None
+    loss_sum = torch.zeros((), dtype=torch.float64, device=s.device)
+    rotation_correct = torch.zeros((), dtype=torch.float64, device=s.device)
+    bar = _progress(s.loader, s.show, f"epoch {loop.epoch + 1}/{config.epochs}", total=s.steps_per_epoch)
+    for x, _, index in bar:
+        while loop.position < len(loop.schedule) and loop.schedule[loop.position] <= loop.step:
+            part, rows, step_changes = _label_step(s, loop)
+            changes = step_changes or changes
+            for key in timing:
+                timing[key] += part[key]
+            label_rows += rows
+            relabels_now += 1
+            if rows:
+                health = _health_text(rows)
+                if s.show and not all(r["converged"] for r in rows):
+                    bar.write(f"label step at step {loop.step}: " + ", ".join(
+                        f"head {r['head']} {'converged' if r['converged'] else 'NOT converged'} "
+                        f"({r['passes']} passes, error {r['error']:.1e})" for r in rows))
+            s.net.train()
+        loss, correct = _sgd_step(s, loop.labels, x, index)
+        loss_sum += loss
+        rotation_correct += correct
+        batches += 1
+        loop.step += 1
+        # Checked every 50 steps, not every step: reading a GPU value waits for the GPU.
+        if (batches % 50 == 0 or batches == s.steps_per_epoch) and not torch.isfinite(loss_sum):
+            raise FloatingPointError(f"the loss became {loss_sum.item()} by step {loop.step} (epoch {loop.epoch + 1}); "
+                                     "lower lr, or check the data")
+        if s.show and batches % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", **({"labels": health} if health else {}))
+    s.scheduler.step()
+    loop.epoch += 1
+    with torch.no_grad():
+        dist_utils.average_buffers(s.model)
+    _sync(s.device)
+    seconds = time.perf_counter() - t_epoch
+    timing["seconds"] = seconds
+    timing["train_seconds"] = seconds - timing["relabel_seconds"]
+    timing["images_per_second"] = batches * config.batch_size * s.world / max(timing["train_seconds"], 1e-9)
+    loss = dist_utils.all_reduce_mean(loss_sum.item() / max(batches, 1))
+    record = _epoch_record(loop.epoch, loop.step, loss, s.optimizer.param_groups[0]["lr"], changes,
+                           loop.labels.cpu(), s.ks, s.targets, timing, relabels_now, {})
+    record["label_steps"] = label_rows
+    if config.rotation:  # of this rank's views: enough to watch it learn
+        record["rotation_accuracy"] = rotation_correct.item() / max(4 * batches * config.batch_size, 1)
+    return record
 
 
 def train(config: TrainConfig, data=None, *, eval_data=None, callback: Callable[[dict], Any] | None = None,
@@ -649,195 +1029,41 @@ def train(config: TrainConfig, data=None, *, eval_data=None, callback: Callable[
     last optimisation), label_nmi_previous (NMI between the labels before and after it),
     cluster_size_spread (std of cluster size / (N/K)), nmi (against the true targets); then seconds,
     train_seconds, relabel_seconds (split into score_seconds and solve_seconds), checkpoint_seconds,
-    images_per_second, and knn_accuracy on evaluation epochs.
+    images_per_second, knn_accuracy on evaluation epochs, and ``label_steps``: one row per head solved
+    in the epoch (epoch, step, head, warm, passes, converged, error, seconds) — the solver's health.
     """
-    from .data import load_dataset, make_loader
-
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig (see config_from_preset), got {type(config).__name__}")
     config.validate()
-    if data is None:
-        data = load_dataset(config.dataset, "train")
-    rank, world = dist_utils.init_from_env()
-    device = dist_utils.device_for_rank(pick_device(config.device))
-    use_amp = bool(config.amp) and device.type == "cuda"
+    s, loop = _build(config, data, labels)
+    s.show = progress and s.rank == 0
     if config.eval_every and eval_data is None:
         warnings.warn("eval_every is set but no eval_data was given: no kNN evaluation", stacklevel=2)
-
-    subset = subset_indices(len(data), config.max_images, config.seed)
-    if labels is not None:
-        labels = torch.as_tensor(labels)
-        if labels.shape[-1] != len(data):
-            raise ValueError(f"labels cover {labels.shape[-1]} images but the data has {len(data)}")
-        if subset is not None:
-            labels = labels[..., subset]
-    if subset is not None:
-        data = data.subset(subset)
-    n = len(data)
-    ks = config.cluster_list()
-    fixed = _fixed_labels(config, data, labels)
-    targets = getattr(data, "targets", None)
-    if targets is not None and (len(targets) != n or int(torch.as_tensor(targets).min()) < 0):
-        targets = None
-
-    seed_everything(config.seed)
-    model = build_for_config(config, data).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    if config.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    else:
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=config.lr_milestones,
-                                                         gamma=config.lr_gamma)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loader = make_loader(data, config.batch_size, train=True, device=device, seed=config.seed,
-                         distributed=world > 1, num_workers=config.num_workers)
-    steps_per_epoch = len(loader)
-    if steps_per_epoch < 1:
-        raise ValueError(f"no full batch: {n} images per process and batch_size {config.batch_size}; "
-                         "lower batch_size")
-    score_bs = config.score_batch_size or 2 * config.batch_size
-    plain = _plain_loader(data, score_bs, device, config.seed, config.num_workers)
-    relabels_on = config.method != "supervised"
-    schedule = relabel_schedule(config.epochs, config.nopts if relabels_on else 0, config.nopt_schedule,
-                                steps_per_epoch)
-
-    current = fixed if fixed is not None else initial_labels(n, ks, config.seed)
-    epoch, step, position, relabel_count, history = 0, 0, 0, 0, []
-    has_optimised = False
-    ckpt_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
-    resume_from = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir else None
+    resume_from = ckpt.latest_checkpoint(s.ckpt_dir) if s.ckpt_dir else None
     if resume_from is not None:
-        state = ckpt.load_checkpoint(resume_from)
-        _check_resumable(state["config"], config, resume_from)
-        if tuple(state["labels"].shape) != (len(ks), n):
-            raise ValueError(f"checkpoint {resume_from} holds labels for {tuple(state['labels'].shape)} "
-                             f"(heads x images) but this run has {(len(ks), n)}: a different data set?")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        current = state["labels"].clone()
-        epoch, step, history = state["epoch"], state["step"], list(state["history"])
-        relabel_count, has_optimised = state["relabel_count"], state["has_optimised"]
-        same_steps = state.get("steps_per_epoch") == steps_per_epoch
-        if not same_steps:
-            # Another number of processes (or images): batches per epoch differ, so continue from the
-            # start of the saved epoch under the new step count. Not bit-exact, but the same recipe.
-            warnings.warn(f"checkpoint {resume_from} was written with {state.get('steps_per_epoch')} batches per "
-                          f"epoch (world size {state.get('world_size')}); this run has {steps_per_epoch} "
-                          f"(world size {world}): the relabelling schedule is re-spaced from epoch {epoch}",
-                          RuntimeWarning, stacklevel=2)
-            step = epoch * steps_per_epoch
-        if state["config"]["epochs"] == config.epochs and same_steps:
-            schedule, position = list(state["schedule"]), state["schedule_position"]
-        else:  # a longer (or shorter) run: same spacing rule over the new length, from here on
-            position = next((i for i, s in enumerate(schedule) if s >= step), len(schedule))
-        _set_rng_state(state["rng"], loader)
-
-    net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    labels_dev = current.to(device)
-    show = progress and rank == 0
-    last_results = None
-
+        _restore(s, loop, resume_from)
+    if s.world > 1:
+        s.net = nn.parallel.DistributedDataParallel(
+            s.model, device_ids=[s.device.index] if s.device.type == "cuda" else None)
+    loop.last_results = None
     try:
-        while epoch < config.epochs:
-            loader.set_epoch(epoch)
-            net.train()
-            t_epoch = time.perf_counter()
-            timing = {"relabel_seconds": 0.0, "score_seconds": 0.0, "solve_seconds": 0.0}
-            changes, relabels_now = {"label_change": None, "label_nmi_previous": None}, 0
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            batches = 0
-            bar = _progress(loader, show, f"epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch)
-            for x, _, index in bar:
-                while position < len(schedule) and schedule[position] <= step:
-                    t_relabel = time.perf_counter()
-                    with torch.no_grad():
-                        dist_utils.average_buffers(model)
-                    part: dict[str, float] = {}
-                    previous = labels_dev.cpu()
-                    if config.method == "sela":
-                        last_results = relabel(model, data, lam=config.lam, device=device,
-                                               storage_dtype=config.storage_dtype, tol=config.sinkhorn_tol,
-                                               max_iter=config.sinkhorn_max_iter, amp=use_amp, loader=plain,
-                                               timings=part)
-                        new = torch.stack([r.labels.cpu() for r in last_results])
-                    else:  # kmeans
-                        new = kmeans_relabel(model, data, ks, seed=config.seed + 1000 * relabel_count,
-                                             loader=plain, timings=part, amp=use_amp)
-                        _reinit_heads(model, optimizer)
-                    if has_optimised:
-                        changes = _changes(previous, new)
-                    has_optimised = True
-                    labels_dev = new.to(device)
-                    position += 1
-                    relabel_count += 1
-                    relabels_now += 1
-                    net.train()
-                    timing["score_seconds"] += part.get("score_seconds", 0.0)
-                    timing["solve_seconds"] += part.get("solve_seconds", 0.0)
-                    timing["relabel_seconds"] += time.perf_counter() - t_relabel
-                index = index.to(device)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    outputs = net(x)
-                    loss = torch.stack([F.cross_entropy(out.float(), labels_dev[h, index])
-                                        for h, out in enumerate(outputs)]).mean()
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                loss_sum += loss.detach()
-                batches += 1
-                step += 1
-                # Checked every 50 steps, not every step: reading a GPU value waits for the GPU.
-                if (batches % 50 == 0 or batches == steps_per_epoch) and not torch.isfinite(loss_sum):
-                    raise FloatingPointError(f"the loss became {loss_sum.item()} by step {step} (epoch {epoch + 1}); "
-                                             "lower lr, or check the data")
-                if show and batches % 10 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
-            scheduler.step()
-            epoch += 1
-            with torch.no_grad():
-                dist_utils.average_buffers(model)
-            _sync(device)
-            seconds = time.perf_counter() - t_epoch
-            current = labels_dev.cpu()
-            timing["seconds"] = seconds
-            timing["train_seconds"] = seconds - timing["relabel_seconds"]
-            timing["images_per_second"] = batches * config.batch_size * world / max(timing["train_seconds"], 1e-9)
-            extra = {}
-            if eval_data is not None and config.eval_every and epoch % config.eval_every == 0:
-                extra.update(_evaluate(model, data, eval_data, config, device))
-            record = _epoch_record(epoch, step, dist_utils.all_reduce_mean(loss_sum.item() / max(batches, 1)),
-                                   optimizer.param_groups[0]["lr"], changes, current, ks,
-                                   targets, timing, relabels_now, extra)
-            history.append(record)
-            if ckpt_dir is not None:
-                t_ckpt = time.perf_counter()
-                if rank == 0:
-                    ckpt.save_rotating(ckpt_dir, {
-                        "config": config.to_dict(), "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(), "labels": current, "epoch": epoch, "step": step,
-                        "schedule": schedule, "schedule_position": position, "relabel_count": relabel_count,
-                        "has_optimised": has_optimised, "history": history, "rng": _rng_state(loader),
-                        "indices": subset, "world_size": world, "steps_per_epoch": steps_per_epoch,
-                    })
-                dist_utils.barrier()
-                record["checkpoint_seconds"] = time.perf_counter() - t_ckpt
+        while loop.epoch < config.epochs:
+            record = _train_epoch(s, loop)
+            if eval_data is not None and config.eval_every and loop.epoch % config.eval_every == 0:
+                record.update(_evaluate(s.model, s.data, eval_data, config, s.device))
+            loop.history.append(record)
+            if s.ckpt_dir is not None:
+                record["checkpoint_seconds"] = _save_checkpoint(s, loop)
             if callback is not None:
                 try:
                     callback(record)
                 except StopTraining:
                     break
     finally:
-        model.eval()
-
-    return TrainResult(model=model, labels=labels_dev.cpu(), history=history, config=config,
-                       timings=_totals(history), indices=subset, last_relabel=last_results)
+        s.model.eval()
+    return TrainResult(model=s.model, labels=loop.labels.cpu(), history=loop.history, config=config,
+                       timings=_totals(loop.history), indices=s.subset, last_relabel=loop.last_results,
+                       potentials=[None if p is None else p.clone() for p in loop.potentials])
 
 
 def _reinit_heads(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:

@@ -141,3 +141,16 @@ def test_image_too_small(arch, size, needed):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_model("smallcnn", **kwargs)
+
+
+@pytest.mark.parametrize("arch,size,dim", [("smallcnn", 28, 128 * 4 * 4), ("alexnet32", 32, 256 * 4 * 4)])
+def test_conv_features_are_the_flattened_last_conv_stage(arch, size, dim):
+    from sela_edu.models import build_model
+
+    model = build_model(arch, num_heads=1, num_clusters=10, in_channels=1, image_size=size).eval()
+    x = torch.randn(2, 1, size, size)
+    conv = model.conv_features(x)
+    assert conv.shape == (2, dim)
+    # the fully connected part of the backbone maps it to the features the heads read
+    fc_start = next(i for i, layer in enumerate(model.backbone) if isinstance(layer, torch.nn.Flatten)) + 1
+    assert torch.allclose(model.backbone[fc_start:](conv), model.features(x), atol=1e-5)

@@ -39,18 +39,32 @@ def _same_state(a, b) -> bool:
 
 
 def _untimed(history):
-    return [{k: v for k, v in record.items() if k not in TIME_KEYS} for record in history]
+    def strip(record):
+        out = {k: v for k, v in record.items() if k not in TIME_KEYS}
+        out["label_steps"] = [{k: v for k, v in row.items() if k != "seconds"} for row in record.get("label_steps", [])]
+        return out
+
+    return [strip(record) for record in history]
 
 
 # --------------------------------------------------------------------------------------------- presets
 
 
 def test_presets_match_the_official_recipes():
-    assert set(PRESETS) == {"smoke", "classroom", "cifar-paper", "imagenet-paper"}
-    cifar = config_from_preset("cifar-paper")
-    assert (cifar.num_heads, cifar.num_clusters, cifar.lam, cifar.epochs, cifar.nopts) == (10, 128, 10.0, 400, 400)
-    assert (cifar.nopt_schedule, cifar.batch_size, cifar.lr, cifar.momentum, cifar.weight_decay) == \
-        ("even", 128, 0.03, 0.9, 5e-4)
+    assert set(PRESETS) == {"smoke", "classroom", "cifar-paper", "cifar-32", "imagenet-paper"}
+    for name in ("cifar-paper", "cifar-32"):
+        cifar = config_from_preset(name)
+        assert (cifar.num_heads, cifar.num_clusters, cifar.lam, cifar.epochs, cifar.nopts) == (10, 128, 10.0, 400, 400)
+        assert (cifar.nopt_schedule, cifar.batch_size, cifar.lr, cifar.momentum, cifar.weight_decay) == \
+            ("even", 128, 0.03, 0.9, 5e-4)
+        assert cifar.lr_milestones == [240, 320] and cifar.knn_k == 10
+    # cifar.py: CIFAR upsampled to 224 px into the ImageNet AlexNet, one head per optimisation in turn,
+    # scores from the (augmented) training loader, kNN after PCA to 128
+    official = config_from_preset("cifar-paper")
+    assert (official.arch, official.image_size, official.relabel_heads, official.score_mode, official.knn_pca) == \
+        ("alexnet", 224, "round-robin", "augmented", 128)
+    kit = config_from_preset("cifar-32")
+    assert (kit.arch, kit.image_size, kit.relabel_heads, kit.score_mode) == ("auto", None, "all", "plain")
     imagenet = config_from_preset("imagenet-paper")
     assert (imagenet.arch, imagenet.num_heads, imagenet.num_clusters, imagenet.lam) == ("alexnet", 10, 3000, 25.0)
     assert (imagenet.nopts, imagenet.nopt_schedule, imagenet.batch_size, imagenet.lr) == (100, "quadratic", 256, 0.05)
@@ -248,3 +262,110 @@ def test_bad_training_input(digits):
               labels=torch.full((2, len(digits)), 11, dtype=torch.long))
     with pytest.raises(ValueError, match="TrainConfig"):
         train({"epochs": 1}, digits)
+
+
+# --------------------------------------------------------------------------------------------- the label step
+
+
+def test_label_steps_report_health_and_warm_start_after_the_first(digits):
+    result = train(_small(epochs=3, nopts=3, sinkhorn_tol=1e-4), digits, progress=False)
+    rows = result.label_steps()
+    assert [(r["head"], r["warm"]) for r in rows] == [(0, False), (1, False), (0, True), (1, True), (0, True), (1, True)]
+    for row in rows:
+        assert row["converged"] and row["error"] <= 1e-4 and row["passes"] >= 1 and row["seconds"] >= 0
+    assert all(p is not None and p.dtype == torch.float64 for p in result.potentials)
+    # The kept potentials warm-start the next optimisation on the same network: the same labels in fewer
+    # passes than from scratch.
+    data = digits.subset(result.indices)
+    cold = relabel(result.model, data, lam=10.0, tol=1e-4)
+    warm = relabel(result.model, data, lam=10.0, tol=1e-4, init=result.potentials)
+    for c, w in zip(cold, warm):
+        assert w.passes < c.passes, (w.passes, c.passes)
+        assert (c.labels == w.labels).float().mean() >= 0.99
+    assert not any(r["warm"] for r in train(_small(epochs=1, nopts=2, warm_start=False), digits,
+                                            progress=False).label_steps())
+
+
+def test_round_robin_relabels_one_head_per_optimisation_in_turn(digits):
+    seen = []
+
+    def watch(record):
+        seen.append(record["label_steps"])
+
+    result = train(_small(epochs=2, nopts=4, relabel_heads="round-robin"), digits, progress=False, callback=watch)
+    heads = [row["head"] for rows in seen for row in rows]
+    assert heads == [0, 1, 0, 1]
+    start = initial_labels(256, [10, 20], seed=0)
+    # head 1 was last solved at the 4th optimisation, head 0 at the 3rd: both moved from the random start
+    assert not torch.equal(result.labels[0], start[0]) and not torch.equal(result.labels[1], start[1])
+
+
+def test_round_robin_leaves_the_other_heads_labels_alone(digits):
+    first = train(_small(epochs=1, nopts=1, relabel_heads="round-robin"), digits, progress=False)
+    start = initial_labels(256, [10, 20], seed=0)
+    assert not torch.equal(first.labels[0], start[0])  # head 0 was solved
+    assert torch.equal(first.labels[1], start[1])  # head 1 still has its random equipartition
+
+
+def test_augmented_scoring_uses_augmented_images_and_batch_statistics(digits):
+    from sela_edu.data import make_loader
+
+    config = _small()
+    data = digits.subset(torch.arange(256))
+    model = random_init_model(config, data)
+    plain = relabel(model, data, lam=10.0)
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    before = bn.running_mean.clone()
+    loader = make_loader(data, 64, train=True, shuffle=False, drop_last=False, seed=1)
+    augmented = relabel(model, data, lam=10.0, loader=loader, train_mode=True)
+    assert not torch.equal(bn.running_mean, before)  # BatchNorm ran in train mode, as in the official code
+    assert not model.training  # and the model is back in the mode it was in
+    agree = (plain[0].labels == augmented[0].labels).float().mean()
+    assert agree < 1.0  # other inputs, other scores
+    run = train(_small(epochs=2, nopts=2, score_mode="augmented"), digits, progress=False)
+    assert all(r["converged"] for r in run.label_steps())
+
+
+def test_upsampled_training_matches_torchvision_transforms(digits):
+    """image_size upsamples as the official CIFAR code: RandomResizedCrop(224) in training, and
+    Resize(256) + CenterCrop(224) for labels and features (here 8 px digits to 16 px)."""
+    from torchvision.transforms import v2 as T
+
+    from sela_edu.trainer import plain_loader, training_augment
+
+    config = _small(image_size=16, epochs=1, nopts=1)
+    data = digits.subset(torch.arange(64))
+    assert training_augment(config, data).size == 16
+    x, _, index = next(iter(plain_loader(config, data, 64, device="cpu")))
+    ref = T.Compose([T.Resize(18, antialias=True), T.CenterCrop(16)])(data.images[index].float() / 255)
+    ref = (ref - torch.tensor(data.mean).view(-1, 1, 1)) / torch.tensor(data.std).view(-1, 1, 1)
+    assert x.shape[-2:] == (16, 16) and torch.allclose(x, ref, atol=1e-5)
+    result = train(config, digits, progress=False)
+    assert result.model(x[:4])[0].shape == (4, 10)
+
+
+def test_new_label_step_settings_are_validated():
+    for field, value in (("score_mode", "noisy"), ("relabel_heads", "some"), ("warm_start", "yes"),
+                         ("image_size", 4), ("knn_pca", 0)):
+        with pytest.raises(ValueError, match=field):
+            config_from_preset("smoke", **{field: value})
+
+
+def test_sela_plus_rotation_trains_a_rotation_head_beside_the_clusters(digits):
+    """SeLa + Rot: four rotated views per image, clustering loss on the upright ones, rotation loss on all."""
+    plain = train(_small(epochs=2, nopts=2), digits, progress=False)
+    rot = train(_small(epochs=2, nopts=2, rotation=True), digits, progress=False)
+    assert rot.model.rotation_head is not None and plain.model.rotation_head is None
+    accuracy = [r["rotation_accuracy"] for r in rot.history]
+    assert accuracy[-1] > 0.5, accuracy  # chance is 0.25
+    assert "rotation_accuracy" not in plain.history[-1]
+    x = torch.randn(3, 1, 8, 8)
+    scores = rot.model(x, rotation=True)
+    assert [s.shape[1] for s in scores] == [10, 20, 4]
+    assert len(rot.model(x)) == 2  # the label step and evaluation see the clustering heads only
+    # the rotation loss adds to the clustering loss: the total starts higher than SeLa's alone
+    assert rot.history[0]["loss"] > plain.history[0]["loss"]
+    # label transfer with rotation (the official retrain_with_rotnet.py): fixed labels plus the rotation task
+    transfer = transfer_labels(_small(epochs=1, rotation=True), digits, plain.labels.new_zeros(2, len(digits)),
+                               progress=False)
+    assert transfer.model.rotation_head is not None
