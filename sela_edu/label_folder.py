@@ -270,7 +270,10 @@ def _features_resumable(model: nn.Module, folder: Path, paths: list[str], size: 
             arrays = [a for a, _ in pool.map(_try_decode, [(folder / p, size) for p in chunk])]
             if any(a is None for a in arrays):
                 raise RuntimeError(f"an image under {folder} changed while it was being labelled; run again")
-            x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device)
+            x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+            if len(mean) == 1:  # a grey backbone (e.g. a kit model trained on Fashion-MNIST)
+                x = _to_grey(x)
+            x = x.to(device)
             feats = []
             with torch.no_grad():
                 for j in range(0, x.shape[0], 64):
@@ -331,7 +334,7 @@ def _train_feature_heads(features: torch.Tensor, ks: list[int], *, epochs: int, 
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += float(loss.detach())
         sched.step()
         history.append({"epoch": epoch + 1, "loss": total / steps})
     return heads.eval(), history

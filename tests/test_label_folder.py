@@ -1,0 +1,136 @@
+"""`sela-edu label` on a small folder: labels, contact sheet, skipped files, resume, backbones."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sela_edu import cli
+from sela_edu.label_folder import label_folder, list_files, load_folder_images
+from sela_edu.labels_io import read_path_labels_csv
+from sela_edu.pretrained import load_checkpoint_file
+
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
+
+
+def _write_folder(root, n=60):
+    """n tiny PNGs in a tree (no class folders; the hidden class is the shape), one corrupt PNG, one text file."""
+    rng = np.random.default_rng(0)
+    classes = {}
+    for i in range(n):
+        cls = i % 3
+        img = rng.integers(0, 40, (20, 24), dtype=np.uint8)
+        if cls == 0:
+            img[5:15, 6:18] = 230             # a block
+        elif cls == 1:
+            img[:, 10:14] = 230               # a vertical bar
+        else:
+            img[8:12, :] = 230                # a horizontal bar
+        sub = root / ("a" if i % 2 else "b/deeper")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(sub / f"im{i:03d}.png")
+        classes[(sub / f"im{i:03d}.png").relative_to(root).as_posix()] = cls
+    (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(30))
+    (root / "notes.txt").write_text("not an image")
+    (root / ".hidden.png").write_bytes(b"")  # hidden files are left out
+    return classes
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    classes = _write_folder(root)
+    return root, classes
+
+
+def test_load_folder_reports_bad_files_by_name(folder, capsys):
+    root, classes = folder
+    files = list_files(root)
+    assert ".hidden.png" not in {f.name for f in files}
+    loaded = load_folder_images(root, 16, progress=False)
+    assert sorted(loaded.paths) == sorted(classes)
+    assert loaded.images.shape == (60, 1, 16, 16) and loaded.images.dtype == torch.uint8  # grey detected
+    skipped = dict(loaded.skipped)
+    assert set(skipped) == {"a/broken.png", "notes.txt"}
+    err = capsys.readouterr().err
+    assert "a/broken.png" in err and "notes.txt" in err
+
+
+def test_label_command_writes_labels_sheet_and_skipped(folder, tmp_path, capsys):
+    root, classes = folder
+    out = tmp_path / "out"
+    code = cli.main(["label", str(root), "--clusters", "3", "--heads", "2", "--epochs", "2", "--output", str(out),
+                     "--quiet", "--batch-size", "16"])
+    assert code == 0
+    paths, labels = read_path_labels_csv(out / "labels.csv")
+    assert sorted(paths) == sorted(classes) and labels.shape == (2, 60)
+    assert int(labels.min()) >= 0 and int(labels.max()) <= 2
+    header = (out / "labels.csv").read_text().splitlines()[0]
+    assert header == "path,head0,head1"
+    skipped = (out / "skipped.txt").read_text().splitlines()
+    assert sorted(s.split("\t")[0] for s in skipped) == ["a/broken.png", "notes.txt"]
+    page = (out / "index.html").read_text()
+    assert page.count("cluster ") >= 3 and "data:image/png;base64," in page and "head 1" in page
+    assert "title='b/deeper/im000.png'" in page or "title='a/im001.png'" in page or "title='" in page
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 60 and summary["skipped"] == 2 and summary["heads"] == [3, 3]
+    printed = capsys.readouterr()
+    assert "labelled 60 images" in printed.out and "broken.png" in printed.err
+    # the saved network loads as a kit checkpoint and can serve as a backbone
+    pre = load_checkpoint_file(out / "model.pt")
+    assert pre.layout == "kit" and pre.arch == "smallcnn" and pre.model.num_clusters == [3, 3]
+
+
+def test_resume_after_interruption(folder, tmp_path):
+    root, _ = folder
+    out = tmp_path / "out"
+
+    def interrupt(record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        label_folder(root, out, clusters=3, epochs=4, batch_size=16, progress=False, callback=interrupt)
+    assert (out / "checkpoints" / "last.pt").is_file() and not (out / "labels.csv").exists()
+    seen = []
+    result = label_folder(root, out, clusters=3, epochs=4, batch_size=16, progress=False,
+                          callback=lambda r: seen.append(r["epoch"]))
+    assert seen == [3, 4], "the second run continues after the two epochs the first one finished"
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
+    assert (out / "labels.csv").is_file()
+    # restart=True starts over
+    seen.clear()
+    label_folder(root, out, clusters=3, epochs=1, batch_size=16, progress=False, restart=True,
+                 callback=lambda r: seen.append(r["epoch"]))
+    assert seen == [1]
+
+
+def test_backbone_from_a_checkpoint_file(folder, tmp_path):
+    root, classes = folder
+    first = label_folder(root, tmp_path / "first", clusters=3, epochs=1, batch_size=16, progress=False)
+    result = label_folder(root, tmp_path / "second", clusters=[3, 4], epochs=3,
+                          backbone=str(first.output / "model.pt"), progress=False)
+    assert result.mode == "backbone" and result.labels.shape == (2, 60)
+    assert sorted(result.paths) == sorted(classes)
+    assert (tmp_path / "second" / "checkpoints" / "features.pt").is_file()
+    summary = json.loads((tmp_path / "second" / "summary.json").read_text())
+    assert summary["heads"] == [3, 4] and "checkpoint model.pt" in summary["backbone"]
+
+
+def test_errors_are_clear(tmp_path, folder):
+    root, _ = folder
+    assert cli.main(["label", str(tmp_path / "nowhere"), "--clusters", "3", "--output", str(tmp_path / "o")]) == 2
+    with pytest.raises(ValueError, match="at least as many"):
+        label_folder(root, tmp_path / "o", clusters=100, epochs=1, progress=False)
+    with pytest.raises(FileNotFoundError, match="released model"):
+        label_folder(root, tmp_path / "o", clusters=3, backbone="no-such-model", progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "x.txt").write_text("x")
+    with pytest.raises(ValueError, match="readable image"):
+        label_folder(empty, tmp_path / "o", clusters=3, progress=False)
