@@ -408,11 +408,12 @@ def _offline(offline: bool | None) -> bool:
     return os.environ.get("SELA_OFFLINE", "").strip().lower() in ("1", "true", "yes")
 
 
-def _missing(what: str, url: str, target: Path, cause: str = "") -> FileNotFoundError:
+def _missing(what: str, url: str, target: Path, cause: str = "",
+             where: str = "set $SELA_CACHE to the folder that holds it") -> FileNotFoundError:
     why = f" ({cause})" if cause else ""
     return FileNotFoundError(
         f"{what} is not in the cache and cannot be downloaded here{why}. On a machine with internet, "
-        f"download {url} and put it at {target} (or set $SELA_CACHE to the folder that holds it).")
+        f"download {url} and put it at {target} (or {where}).")
 
 
 def _download(url: str, target: Path, progress: bool) -> None:
@@ -670,6 +671,9 @@ def load_released(name: str, *, cache: str | os.PathLike | None = None, offline:
     return result
 
 
+_TORCH_HOME_HINT = "set $TORCH_HOME so that $TORCH_HOME/hub/checkpoints holds it"
+
+
 def torchvision_backbone(arch: str, *, progress: bool = True, offline: bool | None = None) -> MultiHeadNet:
     """A kit model whose backbone holds torchvision's ImageNet-supervised weights (resnet18 or resnet50),
     downloaded into torch's hub cache; offline, an error names the URL and the path."""
@@ -681,11 +685,11 @@ def torchvision_backbone(arch: str, *, progress: bool = True, offline: bool | No
     target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not target.is_file():
         if _offline(offline):
-            raise _missing(f"torchvision's {arch} weights", weights.url, target, "offline")
+            raise _missing(f"torchvision's {arch} weights", weights.url, target, "offline", _TORCH_HOME_HINT)
         try:
             _download(weights.url, target, progress)
         except OSError as exc:
-            raise _missing(f"torchvision's {arch} weights", weights.url, target, str(exc)) from exc
+            raise _missing(f"torchvision's {arch} weights", weights.url, target, str(exc), _TORCH_HOME_HINT) from exc
     state = read_torch_file(target)
     model, _ = model_from_state_dict(state, "torchvision", source=str(target))
     return model
