@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -50,23 +50,28 @@ __all__ = [
     "ReferenceResult",
     "reference_self_label",
     "marginal_error",
+    "synthetic_scores",
 ]
 
 STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Rows turned into P at a time: large enough for torch's kernels to run at speed, small enough to stay in L3.
+METHODS = ("lbfgs", "sinkhorn")
+# Rows turned into P at a time: large enough for the kernels to run at speed, small enough to stay in L3.
 _STAGE_BYTES = 8 * 2**20
 # Entries of P below e^-87 (less than 1e-38 of their row's and column's largest, so they weigh nothing) are
 # stored as e^-87 rather than as float32 denormals: exp, and every product with a denormal, is many times
 # slower (0.56 s against 0.05 s for exp over 50M entries here).
-_LOG_FLOOR = -87.0
+_LOG_FLOOR = _kernels.LOG_FLOOR
 # ScoreBuffer keeps the scores themselves (for exact solutions of very sharp problems) up to this size.
 _KEEP_SCORES_BYTES = 2 * 2**30
-# Rebuild P once the cluster scalings spread this far (in nats, largest minus smallest) since it was built:
-# entries at the floor (e^-87 of their row's largest) then still weigh less than e^-57 of the largest.
-_ABSORB_NATS = 30.0
+# Rebuild P once the cluster scalings at an accepted step spread this far (in nats, largest minus smallest)
+# since it was built: entries at the floor (e^-87 of their row's largest) then still weigh less than e^-47
+# of the largest. Trial points of a line search rebuild only beyond _MAX_SPREAD_NATS.
+_ABSORB_NATS = 40.0
 # Without the scores to rebuild from, the scalings may spread this far: beyond it, entries stored at the
 # floor (e^-87) could weigh as much as real ones once scaled, and the answer would be the floor's.
 _MAX_SPREAD_NATS = 60.0
+# Curvature pairs kept by L-BFGS.
+_LBFGS_MEMORY = 20
 
 
 @dataclass
@@ -74,20 +79,30 @@ class SelfLabelResult:
     """What one head's label optimisation produced."""
 
     labels: torch.Tensor  #: int64, one cluster id per row, on the device of the scores
-    iterations: int  #: Sinkhorn-Knopp iterations run (one row and one column rescaling each)
-    error: float  #: largest relative deviation of a cluster's mass from its target, at the last check
-    converged: bool  #: whether ``error <= tol`` was reached within ``max_iter``
+    #: optimisation steps: Sinkhorn-Knopp iterations (``method="sinkhorn"``), or quasi-Newton iterations plus
+    #: any Sinkhorn steps taken after a stalled line search (``method="lbfgs"``)
+    iterations: int
+    error: float  #: largest relative deviation of a cluster's mass from its target, at the returned potentials
+    converged: bool  #: whether ``error <= tol`` was reached within ``max_iter`` passes
     cluster_sizes: torch.Tensor  #: int64 K-vector, how many rows (over all ranks) got each label
-    #: float64 K-vector ``L``: the soft assignment of image i is ``softmax_k(lam * scores_ik + L_k)``
+    #: float64 K-vector ``L``: the soft assignment of image i is ``softmax_k(lam * scores_ik + L_k)``. Defined up
+    #: to a common constant; pass it as ``init`` to warm-start the next label optimisation.
     cluster_potential: torch.Tensor
     #: how many times P was rebuilt with the scalings absorbed (only for very sharp problems)
     rebuilds: int = 0
+    #: full passes over P that computed cluster masses (one per Sinkhorn iteration or L-BFGS evaluation). The
+    #: final pass that takes the labels (the argmax) and any rebuilds of P are not counted: P is read
+    #: ``passes + 1`` times after it is formed.
+    passes: int = 0
+    #: the cluster-mass error after each check (every pass for L-BFGS, every ``check_every`` for Sinkhorn)
+    errors: list = field(default_factory=list)
+    method: str = "lbfgs"  #: the optimiser that produced it
 
     def __repr__(self) -> str:
         sizes = self.cluster_sizes
         return (
-            f"SelfLabelResult(N={len(self.labels)}, K={len(sizes)}, iterations={self.iterations}, "
-            f"error={self.error:.2e}, converged={self.converged}, "
+            f"SelfLabelResult(N={len(self.labels)}, K={len(sizes)}, method={self.method}, passes={self.passes}, "
+            f"iterations={self.iterations}, error={self.error:.2e}, converged={self.converged}, "
             f"cluster sizes {int(sizes.min())}..{int(sizes.max())})"
         )
 
@@ -117,9 +132,11 @@ def _check_lam(lam) -> float:
 class ScoreBuffer:
     """Collects one head's scores block by block and stores ``P`` for the solver.
 
-    Each block is turned into its rows of ``P = exp(lam * scores - row max - block column max)`` as it
-    arrives and stored in ``storage_dtype``; the per-block column maxima (K floats per block of at least
-    ``stage rows``) are reconciled once all rows are in, so the result equals the one-shot computation.
+    Each block of at most ``stage rows`` is turned into its rows of ``P = exp(lam * scores - row max - block
+    column max)`` as it arrives (one compiled call on the CPU: maxima, exp and the store) and stored in
+    ``storage_dtype``. Every block keeps its own column shift: the solver folds the K factors that bring a
+    block to the common shift into its cluster scalings, so P is never rewritten (on the torch path,
+    :meth:`finalise` rescales the blocks instead).
 
     ``keep_scores`` also keeps ``lam * scores - row max`` in float32 (one more N x K matrix). With it the
     solver stays exact however sharp the problem: when the cluster scalings drift far (very peaked scores,
@@ -157,11 +174,17 @@ class ScoreBuffer:
             keep_scores = 4 * self.num_rows * self.num_clusters <= _KEEP_SCORES_BYTES
         self.log_scores = torch.empty_like(self.storage, dtype=torch.float32) if keep_scores else None
         self.filled = 0
-        stage_rows = max(64, min(self.num_rows, _STAGE_BYTES // (4 * self.num_clusters)))
-        self._stage = torch.empty(stage_rows, self.num_clusters, dtype=torch.float32, device=self.device)
+        self._stage_rows = max(64, min(self.num_rows, _STAGE_BYTES // (4 * self.num_clusters)))
+        self._stage = torch.empty(self._stage_rows, self.num_clusters, dtype=torch.float32, device=self.device)
         self._staged = 0
-        self._segments: list[tuple[int, int, torch.Tensor]] = []  # (start, stop, column maxima of the block)
+        self._seg_stops: list[int] = []  # end row of each block formed so far
+        self._seg_max: list[torch.Tensor] = []  # its column maxima (its frame)
         self._finalised = False
+        self._folded = False
+        #: after :meth:`finalise`: P_ik exp(segment_shift[s, k]) = exp(x_ik - column_shift_k) for rows of block s
+        self.column_shift: torch.Tensor | None = None
+        self.segment_stops: np.ndarray | None = None
+        self.segment_shift: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.num_rows
@@ -189,6 +212,12 @@ class ScoreBuffer:
             bad = int((~torch.isfinite(scores)).sum())
             raise ValueError(f"scores contain {bad} non-finite values (NaN or inf): check the network's outputs")
         start = 0
+        # float32 scores already where P lives are formed straight from the caller's tensor, block by block
+        direct = (self._staged == 0 and scores.dtype == torch.float32 and scores.device == self.device
+                  and scores.is_contiguous() and _kernels.can_form(scores, self.storage))
+        while direct and n - start >= self._stage_rows:
+            self._form(scores[start : start + self._stage_rows], scratch=False)
+            start += self._stage_rows
         while start < n:
             take = min(n - start, self._stage.shape[0] - self._staged)
             self._stage[self._staged : self._staged + take].copy_(scores[start : start + take])
@@ -198,60 +227,80 @@ class ScoreBuffer:
                 self._flush()
 
     def _flush(self) -> None:
-        m = self._staged
-        if m == 0:
-            return
-        x = self._stage[:m]
-        rows = slice(self.filled, self.filled + m)
-        maxima = _kernels.row_and_column_max(x, self.lam)
-        x.mul_(self.lam)
-        if maxima is None:
-            x.sub_(x.amax(dim=1, keepdim=True))
-            col_max = x.amax(dim=0)
-        else:
-            row_max, col_max = maxima
-            x.sub_(row_max[:, None])
-        if self.log_scores is not None:
-            self.log_scores[rows].copy_(x)
-        x.sub_(col_max).clamp_(min=_LOG_FLOOR).exp_()
-        self.storage[rows].copy_(x)
-        self._segments.append((self.filled, self.filled + m, col_max.to(self.device).clone()))
-        self.filled += m
-        self._staged = 0
+        if self._staged:
+            self._form(self._stage[: self._staged], scratch=True)
+            self._staged = 0
 
-    def finalise(self, distributed: bool | None = None) -> torch.Tensor:
-        """Bring every block to the common column shift and return ``P`` (N x K, storage dtype)."""
-        if self._finalised:
-            return self.storage
-        self._flush()
-        if self.filled != self.num_rows:
-            raise ValueError(f"only {self.filled} of the buffer's {self.num_rows} rows were added")
-        col_max = torch.stack([seg[2] for seg in self._segments]).amax(dim=0)
-        if _dist_active(distributed):
-            _all_reduce(col_max, torch.distributed.ReduceOp.MAX)
-        self.column_shift = col_max  # P_ik = exp(lam * s_ik - row shift_i - column_shift_k)
-        for start, stop, block_max in self._segments:
-            # exp(block max - global max) <= 1: entries can only shrink, so nothing overflows
-            factor = (block_max - col_max).exp_()
-            if self.storage.dtype == torch.float32:
-                self.storage[start:stop].mul_(factor)
-            else:
-                self.storage[start:stop] = (self.storage[start:stop].float() * factor).to(self.storage.dtype)
-        self._segments.clear()
-        self._stage = self._stage[:0]
-        self._finalised = True
+    def _form(self, x: torch.Tensor, scratch: bool) -> None:
+        """Rows ``filled ..`` of P from float32 scores ``x`` (overwritten when ``scratch``)."""
+        m = x.shape[0]
+        rows = slice(self.filled, self.filled + m)
+        keep = None if self.log_scores is None else self.log_scores[rows]
+        if _kernels.can_form(x, self.storage):
+            col = _kernels.form_block(x, self.lam, self.storage[rows], keep)
+        else:
+            x = x.mul(self.lam) if not scratch else x.mul_(self.lam)
+            x.sub_(x.amax(dim=1, keepdim=True))
+            if keep is not None:
+                keep.copy_(x)
+            col = x.amax(dim=0)
+            x.sub_(col).clamp_(min=_LOG_FLOOR).exp_()
+            self.storage[rows].copy_(x)
+        self._seg_stops.append(self.filled + m)
+        self._seg_max.append(col.to(self.device, torch.float32).clone())
+        self.filled += m
+
+    def finalise(self, distributed: bool | None = None, fold: bool = True) -> torch.Tensor:
+        """Complete the buffer and return ``P`` (N x K, storage dtype).
+
+        With ``fold`` (the default) every block is rescaled to the common column shift, so that ``P`` is one
+        matrix ``exp(x - column_shift)``; without it the blocks stay in their own frames and
+        ``segment_stops`` / ``segment_shift`` say how to bring them there (what the compiled kernels use).
+        """
+        if not self._finalised:
+            self._flush()
+            if self.filled != self.num_rows:
+                raise ValueError(f"only {self.filled} of the buffer's {self.num_rows} rows were added")
+            maxima = torch.stack(self._seg_max)
+            col_max = maxima.amax(dim=0)
+            if _dist_active(distributed):
+                _all_reduce(col_max, torch.distributed.ReduceOp.MAX)
+            self.column_shift = col_max
+            self.segment_stops = np.asarray(self._seg_stops, dtype=np.int64)
+            self.segment_shift = maxima - col_max  # <= 0: a block's entries only shrink when brought over
+            self._seg_max.clear()
+            self._stage = self._stage[:0]
+            self._finalised = True
+        if fold and not self._folded:
+            start = 0
+            for stop, shift in zip(self.segment_stops.tolist(), self.segment_shift):
+                if bool((shift != 0).any()):
+                    factor = shift.exp()
+                    if self.storage.dtype == torch.float32:
+                        self.storage[start:stop].mul_(factor)
+                    else:
+                        self.storage[start:stop] = (self.storage[start:stop].float() * factor).to(self.storage.dtype)
+                start = stop
+            self._one_segment()
         return self.storage
 
-    def reform(self, potential: torch.Tensor) -> None:
-        """Rebuild ``P_ik = exp(x_ik + potential_k - max_j(x_ij + potential_j))`` from the kept scores."""
+    def _one_segment(self) -> None:
+        self.segment_stops = np.asarray([self.num_rows], dtype=np.int64)
+        self.segment_shift = torch.zeros(1, self.num_clusters, dtype=torch.float32, device=self.device)
+        self._folded = True
+
+    def reform(self, potential: torch.Tensor) -> float:
+        """Rebuild ``P_ik = exp(x_ik + potential_k - m_i)``, ``m_i = max_j(x_ij + potential_j)``, from the kept
+        scores; returns ``sum_i m_i`` (float64), which the solver's objective needs."""
         if self.log_scores is None:
             raise ValueError("reform needs the scores: make the ScoreBuffer with keep_scores=True")
         pot = potential.to(device=self.device, dtype=torch.float32)
         rows = max(1, _STAGE_BYTES // (4 * self.num_clusters))
+        total = 0.0
         for start in range(0, self.num_rows, rows):
-            x = self.log_scores[start : start + rows] + pot
-            x.sub_(x.amax(dim=1, keepdim=True)).clamp_(min=_LOG_FLOOR).exp_()
-            self.storage[start : start + rows].copy_(x)
+            total += _kernels.reform_block(self.log_scores[start : start + rows], pot, self.storage[start : start + rows])
+        self._one_segment()
+        return total
 
 
 def marginal_error(mass: torch.Tensor, target: torch.Tensor) -> float:
@@ -275,6 +324,23 @@ def _check_prior(prior, num_clusters: int) -> torch.Tensor:
     return prior
 
 
+def _check_init(init, num_clusters: int) -> torch.Tensor | None:
+    if init is None:
+        return None
+    try:
+        init = torch.as_tensor(init).detach().to("cpu", torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"init must be a float64 vector of {num_clusters} cluster potentials, got {type(init).__name__}") from None
+    if init.ndim != 1 or init.numel() != num_clusters:
+        raise ValueError(
+            f"init must be a vector of {num_clusters} cluster potentials (a previous result's cluster_potential), "
+            f"got shape {tuple(init.shape)}"
+        )
+    if torch.isnan(init).any() or (init == math.inf).any():
+        raise ValueError("init contains NaN or +inf: pass a previous result's cluster_potential, or None")
+    return init
+
+
 def _pick_backend(P: torch.Tensor, backend: str) -> str:
     if backend == "auto":
         large = P.numel() >= _kernels.NUMBA_MIN_ENTRIES
@@ -289,6 +355,172 @@ def _pick_backend(P: torch.Tensor, backend: str) -> str:
     return backend
 
 
+class _Stop(Exception):
+    """Raised inside the objective to end the optimiser: converged, or out of passes."""
+
+
+class _SemiDual:
+    """The label step as a function of the K cluster potentials L alone (the semi-dual).
+
+    Rows of the plan are exact for any L (each row is rescaled to sum to 1), so what remains is
+
+        F(L) = sum_i log sum_k exp(x_ik + L_k) - sum_k target_k L_k,
+
+    convex, with gradient ``mass_k(L) - target_k``: the cluster masses of the row-normalised plan. One fused
+    pass over P gives both. P holds ``exp(x_ik - column shift)`` in per-block frames (``E``) or, after a
+    rebuild, with potentials ``A`` absorbed; ``M`` is the sum of the row shifts of the last rebuild, so F is
+    the same function of L whatever the frame, and an optimiser may go on across a rebuild.
+    """
+
+    def __init__(self, buffer: ScoreBuffer, P: torch.Tensor, backend: str, vec_device, target, distributed: bool):
+        self.buffer, self.P, self.backend, self.vec_device = buffer, P, backend, vec_device
+        self.target, self.distributed = target, distributed
+        self.active = target > 0  # clusters with a zero prior get no mass: their scaling is 0
+        self.A = -buffer.column_shift.to(vec_device, torch.float64)
+        self.E = buffer.segment_shift.to(vec_device, torch.float32).exp()
+        self.stops = buffer.segment_stops
+        self.M = 0.0
+        self.passes = 0
+        self.rebuilds = 0
+
+    def spread(self, L: torch.Tensor) -> float:
+        d = (L - self.A)[self.active]
+        return float(d.max() - d.min())
+
+    def settle(self, L: torch.Tensor, limit: float = _ABSORB_NATS) -> None:
+        """Rebuild P around ``L`` when the scalings it needs have spread beyond ``limit`` (kept scores only)."""
+        if self.buffer.log_scores is not None and self.spread(L) > limit:
+            A = L - L[self.active].max()
+            self.M = self.buffer.reform(torch.where(self.active, A, torch.full_like(A, _LOG_FLOOR)))
+            self.A = torch.where(self.active, A, A.new_zeros(()))
+            self.E = self.buffer.segment_shift.to(self.vec_device, torch.float32).exp()
+            self.stops = self.buffer.segment_stops
+            self.rebuilds += 1
+
+    def __call__(self, L: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """``(F(L), mass(L))`` from one pass over P (rebuilding P first when L has drifted very far)."""
+        self.settle(L, _MAX_SPREAD_NATS)
+        d = L - self.A
+        s = float(d[self.active].max())
+        w = torch.where(self.active, (d - s).exp(), d.new_zeros(())).float()
+        mass, logsum = _kernels.fused_pass(self.P, self.E, self.stops, w, self.backend)
+        self.passes += 1
+        packed = torch.cat([mass.to(self.vec_device, torch.float64),
+                            torch.tensor([logsum + self.buffer.num_rows * s + self.M], dtype=torch.float64,
+                                         device=self.vec_device)])
+        if self.distributed:
+            packed = _all_reduce(packed.to(self.P.device), torch.distributed.ReduceOp.SUM).to(self.vec_device)
+        if not torch.isfinite(packed).all():
+            raise FloatingPointError(
+                f"the label step broke down at pass {self.passes}: a cluster mass is not finite. The scores are "
+                f"too sharp for lam={self.buffer.lam:g} or the prior has zeros some images cannot avoid: lower lam"
+            )
+        L_act = torch.where(self.active, L, L.new_zeros(()))
+        F = float(packed[-1]) - float((self.target * L_act).sum())
+        return F, packed[:-1]
+
+    def scalings(self, L: torch.Tensor) -> torch.Tensor:
+        d = L - self.A
+        s = float(d[self.active].max())
+        return torch.where(self.active, (d - s).exp(), d.new_zeros(())).float()
+
+
+def _run_sinkhorn(sd: _SemiDual, L: torch.Tensor, *, tol, max_iter, check_every, errors):
+    """Plain Sinkhorn-Knopp: each pass rescales the columns to their targets (L += log(target / mass))."""
+    error, converged, it = math.inf, False, 0
+    for it in range(1, max_iter + 1):
+        _, mass = sd(L)
+        if it % check_every == 0 or it == max_iter:
+            error = marginal_error(mass, sd.target)
+            errors.append(error)
+            if error <= tol:  # keep the L that was measured: rows exact, every cluster's mass within tol
+                converged = True
+                break
+        # a cluster that receives no mass at all gets a huge scaling, which the next rebuild absorbs
+        step = (sd.target / mass.clamp_min(1e-300)).log()
+        L = torch.where(sd.active, L + step, L)
+        sd.settle(L)
+        if sd.buffer.log_scores is None and sd.spread(L) > _MAX_SPREAD_NATS:
+            _too_sharp(sd, L, it)
+    return L, error, converged, it
+
+
+def _run_lbfgs(sd: _SemiDual, L0: torch.Tensor, *, tol, max_iter, errors):
+    """Quasi-Newton (SciPy's L-BFGS-B) on the semi-dual, stopped by the cluster-mass rule.
+
+    Every evaluation is one pass over P. Near a tight tolerance the float32 sums make F too noisy for a
+    line search; when the optimiser stops on its own, it restarts from the best point (if it was still
+    making progress) or goes on with Sinkhorn steps, which need no line search.
+    """
+    from scipy.optimize import minimize
+
+    act = sd.active
+    n_total = float(sd.target.sum())
+    base = L0.clone()
+    best = {"error": math.inf, "L": L0.clone(), "mass": None}
+    steps = [0]
+
+    def full(x) -> torch.Tensor:
+        L = base.clone()
+        L[act] = torch.from_numpy(x).to(L.device)
+        return L
+
+    def fun(x):
+        L = full(x)
+        F, mass = sd(L)
+        error = marginal_error(mass, sd.target)
+        errors.append(error)
+        if error < best["error"]:
+            best.update(error=error, L=L, mass=mass)
+        if error <= tol or sd.passes >= max_iter:
+            raise _Stop
+        grad = ((mass - sd.target)[act] / n_total).cpu().numpy()
+        return F / n_total, grad
+
+    def count(intermediate_result):  # an accepted step: rebuild P around it if it has drifted far
+        steps[0] += 1
+        sd.settle(full(intermediate_result.x))
+
+    x = L0[act].cpu().numpy()
+    try:
+        while True:
+            start_error = best["error"]
+            minimize(fun, x, jac=True, method="L-BFGS-B", callback=count,
+                     options=dict(maxcor=_LBFGS_MEMORY, maxiter=max_iter + 1, maxfun=max_iter + 1,
+                                  ftol=0.0, gtol=0.0, maxls=20))
+            if not best["error"] < 0.5 * start_error:
+                break  # no headway: the line search is defeated by rounding noise
+            x = best["L"][act].cpu().numpy()
+        # Sinkhorn steps from the best point until converged or out of passes
+        L, mass = best["L"], best["mass"]
+        while True:
+            L = torch.where(act, L + (sd.target / mass.clamp_min(1e-300)).log(), L)
+            steps[0] += 1
+            sd.settle(L)
+            _, mass = sd(L)
+            error = marginal_error(mass, sd.target)
+            errors.append(error)
+            if error < best["error"]:
+                best.update(error=error, L=L, mass=mass)
+            if error <= tol or sd.passes >= max_iter:
+                break
+    except _Stop:
+        pass
+    L, error = best["L"], best["error"]
+    if sd.buffer.log_scores is None and sd.spread(L) > _MAX_SPREAD_NATS:
+        _too_sharp(sd, L, sd.passes)
+    return L, error, error <= tol, steps[0]
+
+
+def _too_sharp(sd: _SemiDual, L: torch.Tensor, where: int):
+    raise FloatingPointError(
+        f"the label step broke down at pass {where}: the cluster scalings spread over "
+        f"{sd.spread(L):.0f} nats, so entries too small for float32 would decide the answer. The scores are "
+        f"too sharp for lam={sd.buffer.lam:g}: lower lam, "
+        "or fill the ScoreBuffer with keep_scores=True so the solver can rebuild P as it goes"
+    )
+
+
 def _solve_one(
     buffer: ScoreBuffer,
     *,
@@ -298,68 +530,46 @@ def _solve_one(
     check_every: int,
     distributed: bool,
     backend: str,
+    method: str,
+    init: torch.Tensor | None,
 ) -> SelfLabelResult:
-    P = buffer.finalise(distributed)
     K = buffer.num_clusters
     prior = _check_prior(prior, K)
+    init = _check_init(init, K)
+    backend = _pick_backend(buffer.storage, backend)
+    # the compiled kernels read every block in its own frame; the torch path wants one matrix
+    P = buffer.finalise(distributed, fold=backend != "numba")
     n_total = torch.tensor([float(buffer.num_rows)], dtype=torch.float64, device=P.device)
     if distributed:
         _all_reduce(n_total, torch.distributed.ReduceOp.SUM)
     if n_total.item() < K:
         raise ValueError(f"fewer images ({int(n_total.item())}) than clusters ({K}): equal-sized clusters are impossible")
-    backend = _pick_backend(P, backend)
     vec_device = torch.device("cpu") if backend == "numba" else P.device
     # Rows are scaled to sum to 1, so cluster k must receive N * prior_k of the mass.
     target = (n_total.item() * prior).to(vec_device)
-    # The plan is Q_ik ∝ exp(x_ik + L_k) with x = lam * scores - row max. P holds exp(x_ik + A_k) up to a
-    # row factor, so the iteration works with b = exp(L - A); A changes only when P is rebuilt.
-    absorbed = -buffer.column_shift.to(vec_device, torch.float64)
-    potential = absorbed.clone()
-    b = torch.ones(K, dtype=torch.float32, device=vec_device)
-    error, converged, iterations, rebuilds = math.inf, False, 0, 0
-    for iterations in range(1, max_iter + 1):
-        col = _kernels.column_sums(P, b, backend)  # float64: sum over images of a_i P_ik, with a = 1 / (P b)
-        if distributed:
-            col = _all_reduce(col.to(P.device), torch.distributed.ReduceOp.SUM).to(vec_device)
-        if not torch.isfinite(col).all():
-            raise FloatingPointError(
-                f"Sinkhorn-Knopp broke down at iteration {iterations}: a column sum is not finite. The scores are "
-                f"too sharp for lam={buffer.lam:g} or the prior has zeros some images cannot avoid: lower lam"
-            )
-        if iterations % check_every == 0 or iterations == max_iter:
-            error = marginal_error(b.double() * col, target)
-            converged = error <= tol
-            if converged:  # keep the b that was measured: rows exact, every cluster's mass within tol
-                break
-        # a cluster that receives no mass at all gets a huge scaling, which the next rebuild absorbs
-        potential = absorbed + (target / col.clamp_min(1e-300)).log()
-        drift = potential - absorbed
-        spread = float(drift.max() - drift.min())
-        if spread > _ABSORB_NATS and buffer.log_scores is not None:
-            absorbed = potential - potential.max()
-            buffer.reform(absorbed)
-            potential = absorbed.clone()
-            rebuilds += 1
-        elif spread > _MAX_SPREAD_NATS:
-            raise FloatingPointError(
-                f"Sinkhorn-Knopp broke down at iteration {iterations}: the cluster scalings spread over "
-                f"{spread:.0f} nats, so entries too small for float32 would decide the answer. The scores are "
-                f"too sharp for lam={buffer.lam:g}: lower lam, "
-                "or fill the ScoreBuffer with keep_scores=True so the solver can rebuild P as it goes"
-            )
-        b = (potential - absorbed).exp().float()
+    sd = _SemiDual(buffer, P, backend, vec_device, target, distributed)
+    # The plan is Q_ik ∝ exp(x_ik + L_k), x = lam * scores - row max. Cold start: b = 1 on the formed P.
+    L = sd.A.clone() if init is None else init.to(vec_device)
+    L = torch.where(sd.active, L, torch.full_like(L, -math.inf))
+    errors: list[float] = []
+    if method == "sinkhorn":
+        L, error, converged, iterations = _run_sinkhorn(sd, L, tol=tol, max_iter=max_iter, check_every=check_every,
+                                                        errors=errors)
+    else:
+        L, error, converged, iterations = _run_lbfgs(sd, L, tol=tol, max_iter=max_iter, errors=errors)
     if not converged:
         warnings.warn(
-            f"Sinkhorn-Knopp stopped after max_iter={max_iter} iterations with cluster-mass error {error:.2e} "
-            f"> tol={tol:g}; labels are usable but not converged (raise max_iter or lower lam)",
+            f"the label step ({method}) stopped after max_iter={max_iter} passes with cluster-mass error "
+            f"{error:.2e} > tol={tol:g}; labels are usable but not converged (raise max_iter or lower lam)",
             RuntimeWarning,
             stacklevel=3,
         )
-    labels = _kernels.argmax_scaled(P, b, backend).to(P.device)
+    labels = _kernels.argmax_scaled(P, sd.E, sd.stops, sd.scalings(L), backend).to(P.device)
     sizes = torch.bincount(labels, minlength=K)
     if distributed:
         _all_reduce(sizes, torch.distributed.ReduceOp.SUM)
-    return SelfLabelResult(labels, iterations, float(error), bool(converged), sizes.cpu(), potential.cpu(), rebuilds)
+    return SelfLabelResult(labels, iterations, float(error), bool(converged), sizes.cpu(), L.cpu(), sd.rebuilds,
+                           sd.passes, errors, method)
 
 
 def self_label(
@@ -374,6 +584,8 @@ def self_label(
     distributed: bool | None = None,
     backend: str = "auto",
     keep_scores: bool | None = None,
+    method: str = "lbfgs",
+    init=None,
 ):
     """Pseudo-labels for N images from network scores, with equal-sized clusters (SeLa's label step).
 
@@ -385,16 +597,18 @@ def self_label(
         them (one per head) gives a list of results.
     lam:
         Inverse weight of the entropy term (the paper's lambda: 10 for CIFAR, 25 for ImageNet). Larger
-        values give harder assignments and need more iterations. ``None`` takes it from the buffer, or
+        values give harder assignments and need more passes. ``None`` takes it from the buffer, or
         uses 10 (the paper's CIFAR value) for a score matrix.
     tol:
         Stop when every cluster's mass is within this relative distance of its target.
     max_iter:
-        Give up (with a warning and ``converged=False``) after this many iterations.
+        Give up (with a warning and ``converged=False``) after this many passes over P (for
+        ``method="sinkhorn"`` that is the number of iterations).
     prior:
         Optional K-vector of cluster proportions (non-negative, summing to 1); uniform by default.
     check_every:
-        Iterations between stopping checks (each check costs a GPU synchronisation).
+        Sinkhorn iterations between stopping checks (each check costs a GPU synchronisation). L-BFGS
+        needs the objective on the host anyway and checks after every pass.
     storage_dtype:
         Storage of ``P`` for a dense input: float32 (default), bfloat16 or float16.
     distributed:
@@ -405,19 +619,32 @@ def self_label(
     keep_scores:
         For a score matrix: keep a float32 copy of the scaled scores so that very sharp problems are
         solved exactly (see :class:`ScoreBuffer`). ``None``: when that copy costs at most 2 GB.
+    method:
+        ``"lbfgs"`` (default): quasi-Newton on the K cluster potentials, tens of passes on real network
+        scores. ``"sinkhorn"``: the classic Sinkhorn-Knopp iteration, hundreds to thousands of passes on
+        the same scores; kept for teaching and comparison.
+    init:
+        Warm start: a float64 K-vector of cluster potentials, e.g. the previous label optimisation's
+        ``result.cluster_potential`` (a list of them, one per head, when ``scores`` is a list).
     """
     if isinstance(scores, (list, tuple)):
+        if init is not None and (not isinstance(init, (list, tuple)) or len(init) != len(scores)):
+            raise ValueError(f"with {len(scores)} heads, init must be a list of {len(scores)} potential vectors (or None)")
+        inits = init if init is not None else [None] * len(scores)
         return [
             self_label(
                 s, lam, tol=tol, max_iter=max_iter, prior=prior, check_every=check_every,
                 storage_dtype=storage_dtype, distributed=distributed, backend=backend, keep_scores=keep_scores,
+                method=method, init=i,
             )
-            for s in scores
+            for s, i in zip(scores, inits)
         ]
     if not (isinstance(tol, (int, float)) and tol > 0):
         raise ValueError(f"tol must be a positive number, got {tol!r}")
     if int(max_iter) < 1 or int(check_every) < 1:
         raise ValueError(f"max_iter and check_every must be at least 1, got {max_iter} and {check_every}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     dist = _dist_active(distributed)
     if isinstance(scores, ScoreBuffer):
         if lam is not None and _check_lam(lam) != scores.lam:
@@ -433,13 +660,36 @@ def self_label(
             raise ValueError(f"need at least 2 clusters, got {k} column(s)")
         if not dist and n < k:
             raise ValueError(f"fewer images ({n}) than clusters ({k}): equal-sized clusters are impossible")
+        _check_init(init, k)  # refuse a bad warm start before the work of forming P
         buffer = ScoreBuffer(n, k, lam, storage_dtype=storage_dtype or torch.float32, device=scores.device,
                              keep_scores=keep_scores)
         buffer.add(scores)
     return _solve_one(
         buffer, tol=float(tol), max_iter=int(max_iter), prior=prior, check_every=int(check_every),
-        distributed=dist, backend=backend,
+        distributed=dist, backend=backend, method=method, init=init,
     )
+
+
+def synthetic_scores(n: int, k: int, *, gap: tuple[float, float] = (4.0, 6.0), skew: float = 1.0,
+                     noise: float = 1.0, seed: int = 0, offset: int = 0) -> torch.Tensor:
+    """Scores shaped like a trained network's: the hard case for the label step (float32, n x k).
+
+    Each row prefers one cluster, drawn from a skewed popularity (log-normal with spread ``skew``, so some
+    clusters are wanted by many more images than their share), by a logit gap drawn uniformly from ``gap``
+    over Gaussian noise of scale ``noise``. Equipartition must then push many confident rows away from
+    their favourite, which is what makes plain Sinkhorn-Knopp slow on real scores (hundreds to thousands
+    of iterations) where standard-normal logits need tens. The defaults are calibrated on recorded scores
+    of the kit's classroom network (``benchmarks/scores``). Rows ``offset .. offset + n`` of one stream
+    (same ``seed``) can be generated block by block.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    popularity = torch.softmax(skew * torch.randn(k, generator=g, dtype=torch.float64), dim=0)
+    rows = torch.Generator().manual_seed(int(seed) * 1_000_003 + 7919 * int(offset) + 1)
+    scores = noise * torch.randn(n, k, generator=rows)
+    favourite = torch.multinomial(popularity, n, replacement=True, generator=rows)
+    lo, hi = gap
+    scores[torch.arange(n), favourite] += lo + (hi - lo) * torch.rand(n, generator=rows)
+    return scores
 
 
 # --------------------------------------------------------------------------------------------------
