@@ -167,8 +167,58 @@ if HAVE_NUMBA:
             sums[blk] = s
         return sums.sum()
 
+    @njit(fastmath=True, cache=True)
+    def _rows4(r0, r1, r2, r3, b, acc):  # pragma: no cover - compiled
+        """Four rows at once (each load of b and of acc serves four rows): returns the sum of their log u."""
+        k = b.shape[0]
+        u0 = np.float32(0.0)
+        u1 = np.float32(0.0)
+        u2 = np.float32(0.0)
+        u3 = np.float32(0.0)
+        for j in range(k):
+            bj = b[j]
+            u0 += r0[j] * bj
+            u1 += r1[j] * bj
+            u2 += r2[j] * bj
+            u3 += r3[j] * bj
+        u0 = max(u0, np.float32(_U_MIN))
+        u1 = max(u1, np.float32(_U_MIN))
+        u2 = max(u2, np.float32(_U_MIN))
+        u3 = max(u3, np.float32(_U_MIN))
+        a0 = np.float32(1.0) / u0
+        a1 = np.float32(1.0) / u1
+        a2 = np.float32(1.0) / u2
+        a3 = np.float32(1.0) / u3
+        for j in range(k):
+            acc[j] += a0 * r0[j] + a1 * r1[j] + a2 * r2[j] + a3 * r3[j]
+        return _log_product(u0, u1, u2, u3)
+
+    @njit(cache=True)
+    def _log_product(u0, u1, u2, u3):  # pragma: no cover - compiled
+        # one log for four rows; in float64 without fast-math, which would let the product be narrowed
+        # to float32, where four values near 1e-37 underflow
+        return math.log((np.float64(u0) * np.float64(u1)) * (np.float64(u2) * np.float64(u3)))
+
+    @njit(fastmath=True, cache=True)
+    def _row1(r0, b, acc):  # pragma: no cover - compiled
+        k = b.shape[0]
+        u = np.float32(0.0)
+        for j in range(k):
+            u += r0[j] * b[j]
+        u = max(u, np.float32(_U_MIN))
+        a = np.float32(1.0) / u
+        for j in range(k):
+            acc[j] += a * r0[j]
+        return np.float64(u)
+
+    @njit(fastmath=True, cache=True)
+    def _widen(src, wide):  # pragma: no cover - compiled
+        for j in range(src.shape[0]):  # bfloat16 is the top half of a float32
+            wide[j] = np.uint32(src[j]) << np.uint32(16)
+
     @njit(parallel=True, fastmath=True, cache=True)
-    def _pass_f32(P, E, seg_stop, w, nblocks):  # pragma: no cover - compiled
+    def _pass(P, E, seg_stop, w, nblocks, half):  # pragma: no cover - compiled
+        """Masses and sum of log u over rows, for float32 ``P`` or bfloat16 bits (``half``)."""
         n, k = P.shape
         partial = np.zeros((nblocks, k), np.float32)
         logs = np.zeros(nblocks, np.float64)
@@ -181,91 +231,37 @@ if HAVE_NUMBA:
             out = partial[blk]
             acc = np.zeros(k, np.float32)
             b = np.empty(k, np.float32)
+            wide = np.empty((4, k), np.uint32)
+            rows = wide.view(np.float32)
             seg = np.searchsorted(seg_stop, i0, side="right")
-            for j in range(k):
-                b[j] = E[seg, j] * w[j]
             ls = 0.0
-            prod = 1.0
-            cnt = 0
-            for i in range(i0, i1):
-                if seg_stop[seg] <= i:  # next segment: fold this one's sums in with its scaling
-                    for j in range(k):
-                        out[j] += acc[j] * b[j]
-                        acc[j] = 0.0
-                    while seg_stop[seg] <= i:
-                        seg += 1
-                    for j in range(k):
-                        b[j] = E[seg, j] * w[j]
-                row = P[i]
-                u = np.float32(0.0)
+            i = i0
+            while i < i1:
+                while seg_stop[seg] <= i:
+                    seg += 1
                 for j in range(k):
-                    u += row[j] * b[j]
-                u = max(u, np.float32(_U_MIN))
-                a = np.float32(1.0) / u
+                    b[j] = E[seg, j] * w[j]
+                end = min(i1, seg_stop[seg])
+                while i + 4 <= end:
+                    if half:
+                        for r in range(4):
+                            _widen(P[i + r], wide[r])
+                        ls += _rows4(rows[0], rows[1], rows[2], rows[3], b, acc)
+                    else:
+                        ls += _rows4(P[i], P[i + 1], P[i + 2], P[i + 3], b, acc)
+                    i += 4
+                while i < end:
+                    if half:
+                        _widen(P[i], wide[0])
+                        ls += math.log(_row1(rows[0], b, acc))
+                    else:
+                        ls += math.log(_row1(P[i], b, acc))
+                    i += 1
+                # the segment's sums, scaled by its b, go into the block's partial sums
                 for j in range(k):
-                    acc[j] += a * row[j]
-                # log of a product of 8 values in [1e-37, K]: one log per 8 rows, no overflow in float64
-                prod *= u
-                cnt += 1
-                if cnt == 8:
-                    ls += math.log(prod)
-                    prod = 1.0
-                    cnt = 0
-            for j in range(k):
-                out[j] += acc[j] * b[j]
-            logs[blk] = ls + math.log(prod)
-        return partial, logs
-
-    @njit(parallel=True, fastmath=True, cache=True)
-    def _pass_bf16(P16, E, seg_stop, w, nblocks):  # pragma: no cover - compiled
-        n, k = P16.shape
-        partial = np.zeros((nblocks, k), np.float32)
-        logs = np.zeros(nblocks, np.float64)
-        step = (n + nblocks - 1) // nblocks
-        for blk in prange(nblocks):
-            i0 = blk * step
-            i1 = min(n, i0 + step)
-            if i0 >= i1:
-                continue
-            out = partial[blk]
-            acc = np.zeros(k, np.float32)
-            b = np.empty(k, np.float32)
-            wide = np.empty(k, np.uint32)
-            row = wide.view(np.float32)
-            seg = np.searchsorted(seg_stop, i0, side="right")
-            for j in range(k):
-                b[j] = E[seg, j] * w[j]
-            ls = 0.0
-            prod = 1.0
-            cnt = 0
-            for i in range(i0, i1):
-                if seg_stop[seg] <= i:
-                    for j in range(k):
-                        out[j] += acc[j] * b[j]
-                        acc[j] = 0.0
-                    while seg_stop[seg] <= i:
-                        seg += 1
-                    for j in range(k):
-                        b[j] = E[seg, j] * w[j]
-                src = P16[i]
-                for j in range(k):  # bfloat16 is the top half of a float32
-                    wide[j] = np.uint32(src[j]) << np.uint32(16)
-                u = np.float32(0.0)
-                for j in range(k):
-                    u += row[j] * b[j]
-                u = max(u, np.float32(_U_MIN))
-                a = np.float32(1.0) / u
-                for j in range(k):
-                    acc[j] += a * row[j]
-                prod *= u
-                cnt += 1
-                if cnt == 8:
-                    ls += math.log(prod)
-                    prod = 1.0
-                    cnt = 0
-            for j in range(k):
-                out[j] += acc[j] * b[j]
-            logs[blk] = ls + math.log(prod)
+                    out[j] += acc[j] * b[j]
+                    acc[j] = 0.0
+            logs[blk] = ls
         return partial, logs
 
     @njit(parallel=True, fastmath=True, cache=True)
@@ -405,8 +401,8 @@ def fused_pass(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torch.
     device for torch) and ``sum_i log(sum_k P_ik b_k)`` as a float.
     """
     if backend == "numba":
-        kernel = _pass_bf16 if P.dtype == torch.bfloat16 else _pass_f32
-        partial, logs = kernel(_as_numpy(P), E.numpy(), seg_stop, w.numpy(), _num_blocks(P.shape[0]))
+        partial, logs = _pass(_as_numpy(P), E.numpy(), seg_stop, w.numpy(), _num_blocks(P.shape[0]),
+                              P.dtype == torch.bfloat16)
         return torch.from_numpy(partial.sum(axis=0, dtype=np.float64)), float(logs.sum())
     mass = torch.zeros(P.shape[1], dtype=torch.float64, device=P.device)
     logsum = torch.zeros((), dtype=torch.float64, device=P.device)
