@@ -1,18 +1,24 @@
-"""Benchmark of the self-labelling solver against the machine's memory bandwidth and the float64 reference.
+"""Benchmark of the label-step solver against the machine's memory bandwidth and a float64 reference.
 
-    .venv/bin/python benchmarks/bench_sinkhorn.py            # all sizes that fit in memory
-    .venv/bin/python benchmarks/bench_sinkhorn.py --sizes 50000x1000 --no-reference
+    .venv/bin/python benchmarks/bench_sinkhorn.py                       # everything (ImageNet scale included)
+    .venv/bin/python benchmarks/bench_sinkhorn.py --sizes 50000x1000 --kinds realistic --no-reference
     python benchmarks/bench_sinkhorn.py --device cuda --sizes 1280000x3000   # on a GPU machine
 
-What it prints, per N x K (scores are standard normal logits, lambda 25):
-  * the solver end to end (forming P from the scores included), its iterations, and milliseconds per
-    iteration measured on its own;
-  * the time to read P twice at the measured bandwidth (the budget: an iteration should take at most 1.5x
-    that), and the share of bandwidth-bound speed reached (bytes of P read per second / bandwidth);
-  * the float64 reference (the published algorithm in numpy) end to end, the speed-up over it, and the
-    share of labels on which the two agree.
-Sizes whose matrices do not fit in memory are skipped with a note. ImageNet scale (1.28M x 3000) is fed
-block by block through a ScoreBuffer, as the trainer does, since the scores and P would not fit together.
+Score kinds (lambda 25 unless --lam):
+  * ``normal``: standard-normal logits, easy (tens of plain Sinkhorn iterations); the kit's earlier
+    benchmark used them, so their rows carry the earlier figures (``old it``, ``old s``) beside the new;
+  * ``realistic``: :func:`sela_edu.sinkhorn.synthetic_scores`, calibrated on recorded scores of the kit's
+    own network (hundreds of plain iterations): the hard case;
+  * ``recorded``: the recorded scores themselves (``benchmarks/scores/*.npz``, every head), lambda as
+    recorded, solved both by L-BFGS and by plain Sinkhorn.
+
+Per row: passes over P (L-BFGS, the default), the cluster-mass error reached, seconds end to end (forming
+P from the scores included), seconds forming P and its floor (one read of the float32 scores and one write
+of P at the measured bandwidths, plus the exp of every entry at the measured vectorised-exp rate), the
+time of one pass on its own against one read of P at the measured read bandwidth (target: at most 1.5x),
+and, where a float64 matrix fits, the share of labels on which the result agrees with the published
+algorithm in numpy float64 (``reference_self_label``, tol 1e-3 here). ImageNet scale (1.28M x 3000) is
+fed block by block through a ScoreBuffer in bfloat16, as the trainer does.
 """
 
 from __future__ import annotations
@@ -22,27 +28,51 @@ import gc
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
-
-def measure_bandwidth(repeats: int = 5) -> dict:
-    """Read bandwidth in GB/s: the best of a multi-threaded BLAS matrix-vector product and a plain sum."""
-    a = np.random.default_rng(0).random((5000, 10000))  # 400 MB of float64, far beyond every cache
-    x = np.ones(10000)
-    best_mv = min(_timed(lambda: a @ x) for _ in range(repeats))
-    best_sum = min(_timed(lambda: a.sum()) for _ in range(repeats))
-    gb = a.nbytes / 1e9
-    out = {"blas_matvec": gb / best_mv, "sum": gb / best_sum}
-    out["best"] = max(out.values())
-    del a
-    return out
+# The kit's earlier solver (plain Sinkhorn-Knopp, P formed then rescaled), same sizes, standard-normal
+# logits, lambda 25, on this machine: (iterations, seconds end to end). From docs/bench_sinkhorn_output.txt.
+OLD = {
+    ("50000x128", "float32"): (49, 0.60), ("50000x128", "bfloat16"): (49, 0.12),
+    ("50000x1000", "float32"): (68, 1.00), ("50000x1000", "bfloat16"): (68, 0.88),
+    ("250000x1000", "float32"): (42, 3.38), ("250000x1000", "bfloat16"): (42, 4.41),
+    ("1280000x3000", "float32"): (37, 57.84), ("1280000x3000", "bfloat16"): (37, 44.53),
+}
 
 
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def measure_machine(repeats: int = 5) -> dict:
+    """Read and write bandwidth (GB/s) and the compiled exp's rate (entries/s) on this machine."""
+    import torch
+
+    from sela_edu import _kernels
+
+    a = np.random.default_rng(0).random((5000, 10000))  # 400 MB of float64, far beyond every cache
+    x = np.ones(10000)
+    gb = a.nbytes / 1e9
+    out = {"read_blas": gb / min(_timed(lambda: a @ x) for _ in range(repeats)),
+           "read_sum": gb / min(_timed(lambda: a.sum()) for _ in range(repeats))}
+    out["read"] = max(out["read_blas"], out["read_sum"])
+    t = torch.from_numpy(a)
+    out["write"] = gb / min(_timed(lambda: t.fill_(1.0)) for _ in range(repeats))  # torch fills on all threads
+    del a, t
+    # exp rate: forming P from a cache-resident block (row/column maxima, exp, bfloat16 store), minus nothing
+    s = torch.randn(512, 2048)
+    p = torch.empty(512, 2048, dtype=torch.bfloat16)
+    if _kernels.HAVE_NUMBA:
+        _kernels.form_block(s, 25.0, p, None)
+        best = min(_timed(lambda: [_kernels.form_block(s, 25.0, p, None) for _ in range(20)]) for _ in range(repeats))
+        out["exp_rate"] = 20 * s.numel() / best
+    else:
+        out["exp_rate"] = s.numel() / min(_timed(lambda: s.exp()) for _ in range(repeats))
+    return out
 
 
 def available_memory_bytes() -> int:
@@ -53,7 +83,18 @@ def available_memory_bytes() -> int:
     return 0
 
 
-def bench_size(n: int, k: int, lam: float, bandwidth: float, storage: str, reference: bool, seed: int = 0,
+def _scores(kind: str, n: int, k: int, offset: int, device: str, seed: int = 0):
+    import torch
+
+    from sela_edu.sinkhorn import synthetic_scores
+
+    if kind == "normal":
+        g = torch.Generator().manual_seed(seed * 1_000_003 + offset)
+        return torch.randn(n, k, generator=g).to(device)
+    return synthetic_scores(n, k, seed=seed, offset=offset).to(device)
+
+
+def bench_size(kind: str, n: int, k: int, lam: float, machine: dict, storage: str, reference: bool,
                device: str = "cpu") -> dict:
     import torch
 
@@ -64,108 +105,155 @@ def bench_size(n: int, k: int, lam: float, bandwidth: float, storage: str, refer
     itemsize = 4 if storage == "float32" else 2
     p_bytes = n * k * itemsize
     free = available_memory_bytes() if device == "cpu" else torch.cuda.mem_get_info()[0]
-    dense = n * k * 4 * 2 + p_bytes < 0.8 * free  # scores + a float32 copy + P
-    if not dense and p_bytes + 4 * 2**30 > free:
+    if p_bytes + 2 * 2**30 > free:
         return {"skipped": f"P alone needs {p_bytes / 1e9:.1f} GB"}
-    g = torch.Generator(device=device).manual_seed(seed)
     sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     row = {"N": n, "K": k, "storage": storage}
-    if dense:
-        scores = torch.randn(n, k, generator=g, device=device)
+    block = 8192 if n * k > 2e8 else n
+    dense = block == n
+    buf = ScoreBuffer(n, k, lam, storage_dtype=dtype, device=device, keep_scores=False if not dense else None)
+    form_seconds = 0.0
+    kept = [] if (reference and dense) else None
+    for start_row in range(0, n, block):  # generating the scores is not timed
+        chunk = _scores(kind, min(block, n - start_row), k, start_row, device)
+        if kept is not None:
+            kept.append(chunk)
         sync()
-        start = time.perf_counter()
-        result = self_label(scores, lam, storage_dtype=dtype)
-        sync()
-        row["seconds"] = time.perf_counter() - start
-        row["mode"] = "dense"
-    else:  # stream blocks into the buffer; generating the random blocks is not timed
-        buf = ScoreBuffer(n, k, lam, storage_dtype=dtype, device=device)
-        block = 8192
-        add_seconds = 0.0
-        for start_row in range(0, n, block):
-            chunk = torch.randn(min(block, n - start_row), k, generator=g, device=device)
-            sync()
-            t0 = time.perf_counter()
-            buf.add(chunk)
-            sync()
-            add_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
-        result = self_label(buf)
+        buf.add(chunk)
         sync()
-        row["seconds"] = add_seconds + time.perf_counter() - t0
-        row["mode"] = "streamed"
-        scores = None
-    row.update(iterations=result.iterations, error=result.error, converged=result.converged)
+        form_seconds += time.perf_counter() - t0
+        del chunk
+    t0 = time.perf_counter()
+    backend = "numba" if _kernels.numba_supports(buf.storage) and n * k >= _kernels.NUMBA_MIN_ENTRIES else "torch"
+    buf.finalise(fold=backend != "numba")
+    sync()
+    form_seconds += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = self_label(buf)
+    sync()
+    row["solve_seconds"] = time.perf_counter() - t0
+    row["form_seconds"] = form_seconds
+    row["seconds"] = form_seconds + row["solve_seconds"]
+    row["mode"] = "dense" if dense else "streamed"
+    row.update(passes=result.passes, error=result.error, converged=result.converged, rebuilds=result.rebuilds)
+    gb = 1e9
+    mem_floor = (n * k * 4) / (machine["read"] * gb) + p_bytes / (machine["write"] * gb)
+    exp_floor = n * k / machine["exp_rate"]
+    row["form_floor"] = mem_floor + exp_floor
+    row["form_floor_parts"] = (mem_floor, exp_floor)
 
-    # one iteration on its own: the fused pass over P plus the K-vector updates
-    P = buf.storage if scores is None else _storage_of(scores, lam, dtype)
-    backend = "numba" if _kernels.numba_supports(P) and P.numel() >= _kernels.NUMBA_MIN_ENTRIES else "torch"
-    b = torch.ones(k, device=P.device if backend == "torch" else "cpu")
-    _kernels.column_sums(P, b, backend)
-    reps = 5 if n * k < 5e8 else 2
-    per_iter = min(_timed(lambda: (_kernels.column_sums(P, b, backend), sync())) for _ in range(reps))
-    row["ms_per_iter"] = per_iter * 1e3
-    read_twice = 2 * p_bytes / (bandwidth * 1e9)
-    row["budget_ratio"] = per_iter / read_twice  # target: <= 1.5
-    row["bandwidth_share"] = p_bytes / per_iter / (bandwidth * 1e9)
+    # one pass on its own, on the P the solver used (blocks in their own frames on the numba path)
+    P = buf.storage
+    E = buf.segment_shift.to(P.device if backend == "torch" else "cpu").exp()
+    w = torch.ones(k, device=P.device if backend == "torch" else "cpu")
+    _kernels.fused_pass(P, E, buf.segment_stops, w, backend)
+    reps = 5 if n * k < 5e8 else 3
+    per_pass = min(_timed(lambda: (_kernels.fused_pass(P, E, buf.segment_stops, w, backend), sync())) for _ in range(reps))
+    row["ms_per_pass"] = per_pass * 1e3
+    row["pass_vs_read"] = per_pass / (p_bytes / (machine["read"] * gb))  # target: <= 1.5
     row["backend"] = backend
-    del P
+    del P, buf
     gc.collect()
 
-    if reference and scores is not None and n * k * 8 * 3 < 0.8 * available_memory_bytes():
-        s64 = scores.cpu().numpy()
+    if kept is not None and n * k * 8 * 3 < 0.8 * available_memory_bytes():
+        s64 = torch.cat(kept).cpu().numpy()
+        del kept
         start = time.perf_counter()
-        ref = reference_self_label(s64, lam, tol=1e-2)
+        ref = reference_self_label(s64, lam, tol=1e-3, max_iter=20000)
         row["reference_seconds"] = time.perf_counter() - start
         row["reference_iterations"] = ref.iterations
-        row["speedup"] = row["reference_seconds"] / row["seconds"]
         row["label_agreement"] = float((ref.labels == result.labels.cpu().numpy()).mean())
     return row
 
 
-def _storage_of(scores, lam, dtype):
-    from sela_edu.sinkhorn import ScoreBuffer
+def bench_recorded(folder) -> list[dict]:
+    """Every head of every recorded stage: L-BFGS passes and plain Sinkhorn iterations to tol 1e-3."""
+    import torch
 
-    buf = ScoreBuffer(scores.shape[0], scores.shape[1], lam, storage_dtype=dtype, device=scores.device)
-    buf.add(scores)
-    return buf.finalise()
+    from sela_edu.sinkhorn import self_label
+
+    rows = []
+    for path in sorted(folder.glob("*.npz")):
+        with np.load(path) as f:
+            lam = float(f["lam"])
+            heads = sorted((key for key in f.files if key.startswith("k") and key[1:].isdigit()), key=lambda s: int(s[1:]))
+            for key in heads:
+                scores = torch.from_numpy(f[key].astype(np.float32))
+                out = {"name": f"{path.stem} {key}", "N": scores.shape[0], "K": scores.shape[1], "lam": lam}
+                for method in ("lbfgs", "sinkhorn"):
+                    t0 = time.perf_counter()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        r = self_label(scores, lam, method=method, max_iter=5000)
+                    out[method] = (r.passes, r.converged, time.perf_counter() - t0)
+                out["agreement"] = float((r.labels == self_label(scores, lam).labels).float().mean())
+                rows.append(out)
+    return rows
 
 
 def main(argv=None) -> None:
+    from pathlib import Path
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="50000x128,50000x1000,250000x1000,1280000x3000")
+    parser.add_argument("--kinds", default="recorded,normal,realistic")
     parser.add_argument("--lam", type=float, default=25.0)
     parser.add_argument("--storage", default="float32,bfloat16")
+    parser.add_argument("--large-storage", default="bfloat16",
+                        help="storage at sizes above 1e9 entries (float32 P at ImageNet scale is 15 GB)")
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda to time the GPU path (bandwidth is then the CPU's)")
     args = parser.parse_args(argv)
 
-    bw = measure_bandwidth()
     import torch
 
     from sela_edu import _kernels
 
+    machine = measure_machine()
+    load = os.getloadavg()[0]
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"numba kernels: {_kernels.HAVE_NUMBA}")
-    print(f"read bandwidth: BLAS matvec {bw['blas_matvec']:.1f} GB/s, sum {bw['sum']:.1f} GB/s -> using {bw['best']:.1f} GB/s")
-    header = (f"{'N x K':>14} {'storage':>8} {'mode':>8} {'iters':>5} {'err':>8} {'total s':>8} {'ms/iter':>8} "
-              f"{'iter/2reads':>11} {'BW share':>8} {'ref s':>7} {'ref it':>6} {'speed-up':>8} {'agree':>7}")
-    print(header)
-    for size in args.sizes.split(","):
-        n, k = (int(v) for v in size.lower().split("x"))
-        for storage in args.storage.split(","):
-            row = bench_size(n, k, args.lam, bw["best"], storage, reference=not args.no_reference and storage == "float32",
-                             device=args.device)
-            if "skipped" in row:
-                print(f"{size:>14} {storage:>8}  skipped: {row['skipped']}")
-                continue
-            ref = (f"{row['reference_seconds']:7.2f} {row['reference_iterations']:6d} {row['speedup']:7.1f}x "
-                   f"{row['label_agreement']:7.4f}") if "speedup" in row else f"{'-':>7} {'-':>6} {'-':>8} {'-':>7}"
-            print(f"{size:>14} {storage:>8} {row['mode']:>8} {row['iterations']:5d} {row['error']:8.1e} "
-                  f"{row['seconds']:8.2f} {row['ms_per_iter']:8.1f} {row['budget_ratio']:11.2f} "
-                  f"{row['bandwidth_share']:8.2f} {ref}")
+          f"numba kernels: {_kernels.HAVE_NUMBA}; load average at start {load:.1f}")
+    print(f"read bandwidth: BLAS matvec {machine['read_blas']:.1f} GB/s, sum {machine['read_sum']:.1f} GB/s -> "
+          f"{machine['read']:.1f} GB/s; write {machine['write']:.1f} GB/s; forming P from cache "
+          f"{machine['exp_rate'] / 1e9:.2f} G entries/s")
+    kinds = args.kinds.split(",")
+    if "recorded" in kinds:
+        folder = Path(__file__).resolve().parent / "scores"
+        print(f"\nrecorded scores ({folder.name}/), tol 1e-3: L-BFGS passes vs plain Sinkhorn iterations")
+        print(f"{'scores':>30} {'N x K':>10} {'lam':>4} {'L-BFGS':>7} {'s':>6} {'Sinkhorn':>8} {'s':>6} {'agree':>7}")
+        for r in bench_recorded(folder):
+            lb, sk = r["lbfgs"], r["sinkhorn"]
+            print(f"{r['name']:>30} {r['N']:>5}x{r['K']:<4} {r['lam']:4.0f} {lb[0]:7d} {lb[2]:6.2f} "
+                  f"{sk[0]:8d}{'' if sk[1] else '*'} {sk[2]:6.2f} {r['agreement']:7.4f}")
             sys.stdout.flush()
-            gc.collect()
+    header = (f"{'kind':>9} {'N x K':>13} {'storage':>8} {'mode':>8} {'passes':>6} {'err':>8} {'total s':>8} "
+              f"{'form s':>7} {'floor s':>7} {'ms/pass':>8} {'pass/read':>9} {'old it':>6} {'old s':>6} "
+              f"{'ref it':>6} {'agree':>7}")
+    print(f"\nlambda {args.lam:g}, tol 1e-3, L-BFGS (default method)")
+    print(header)
+    for kind in (k for k in kinds if k != "recorded"):
+        for size in args.sizes.split(","):
+            n, k = (int(v) for v in size.lower().split("x"))
+            storages = args.large_storage if n * k > 1e9 else args.storage
+            for storage in storages.split(","):
+                row = bench_size(kind, n, k, args.lam, machine, storage,
+                                 reference=not args.no_reference and storage == "float32", device=args.device)
+                if "skipped" in row:
+                    print(f"{kind:>9} {size:>13} {storage:>8}  skipped: {row['skipped']}")
+                    continue
+                old = OLD.get((size, storage)) if kind == "normal" else None
+                old_txt = f"{old[0]:6d} {old[1]:6.2f}" if old else f"{'-':>6} {'-':>6}"
+                ref = (f"{row['reference_iterations']:6d} {row['label_agreement']:7.4f}" if "label_agreement" in row
+                       else f"{'-':>6} {'-':>7}")
+                print(f"{kind:>9} {size:>13} {storage:>8} {row['mode']:>8} {row['passes']:6d} {row['error']:8.1e} "
+                      f"{row['seconds']:8.2f} {row['form_seconds']:7.2f} {row['form_floor']:7.2f} "
+                      f"{row['ms_per_pass']:8.1f} {row['pass_vs_read']:9.2f} {old_txt} {ref}")
+                sys.stdout.flush()
+                gc.collect()
+    print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
