@@ -67,6 +67,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="folder for fashion_study.csv/.json (default: results/)")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="train nothing: summarise the rows of earlier runs' fashion_study.json files")
     return parser.parse_args(argv)
 
 
@@ -176,6 +178,16 @@ def verdicts(summary: dict) -> list[str]:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    if args.merge:
+        rows = [row for path in args.merge for row in json.loads(Path(path).read_text())["rows"]]
+        summary = summarise(rows)
+        print(format_summary(summary, len({r["seed"] for r in rows})))
+        for method in summary:
+            print(f"{method}: seeds {sorted(r['seed'] for r in rows if r['method'] == method)}")
+        print()
+        for line in verdicts(summary):
+            print(line)
+        return rows
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {}
