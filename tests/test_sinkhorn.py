@@ -301,7 +301,7 @@ def test_synthetic_scores_agree_with_tight_float64_solve(n, k, lam, gap, noise):
 
 
 def test_plain_sinkhorn_still_available_and_agrees():
-    scores = synthetic_scores(10000, 20, seed=1)
+    scores = synthetic_scores(10000, 20, seed=1, noise=1.0)
     fast = self_label(scores, 10.0)
     plain = self_label(scores, 10.0, method="sinkhorn", max_iter=5000)
     assert plain.converged and plain.method == "sinkhorn" and plain.passes == plain.iterations
@@ -310,7 +310,7 @@ def test_plain_sinkhorn_still_available_and_agrees():
 
 
 def test_result_reports_passes_and_errors():
-    scores = synthetic_scores(5000, 30, seed=2)
+    scores = synthetic_scores(5000, 30, seed=2, noise=1.0)
     result = self_label(scores, 10.0)
     assert result.method == "lbfgs" and result.converged
     assert result.passes == len(result.errors) >= 1 and result.errors[-1] == result.error <= 1e-3
