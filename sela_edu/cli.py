@@ -160,6 +160,12 @@ def train_summary(config, result, output: Path, world: int = 1) -> str:
         if nmis:
             lines.append("NMI with the true classes, per head: "
                          + ", ".join(f"head {h} (K = {k}) {v:.3f}" for h, (k, v) in enumerate(zip(ks, nmis))))
+    steps = [row for record in history for row in record.get("label_steps", [])]
+    if steps:
+        stuck = [r for r in steps if not r["converged"]]
+        lines.append(f"label steps: {len(steps)} head solves, at most {max(r['passes'] for r in steps)} passes each, "
+                     + ("all converged" if not stuck else
+                        f"{len(stuck)} NOT converged (largest error {max(r['error'] for r in stuck):.1e})"))
     lines.append(f"labels -> {output / 'labels.csv'}; weights -> {output / 'model.pt'}"
                  + (f"; checkpoints -> {config.checkpoint_dir}" if config.checkpoint_dir else ""))
     return "\n".join(lines)

@@ -159,6 +159,14 @@ def test_train_summary_is_readable(tmp_path):
     assert f"labels -> {tmp_path / 'labels.csv'}" in text and f"checkpoints -> {tmp_path / 'checkpoints'}" in text
     no_targets = SimpleNamespace(history=[{**history[1], "nmi": None}], labels=result.labels, timings={})
     assert "NMI" not in cli.train_summary(config, no_targets, tmp_path)
+    # the solver's health: every label step converged, or which did not
+    steps = [{"head": 0, "passes": 12, "converged": True, "error": 4e-4}, {"head": 1, "passes": 31, "converged": True,
+                                                                           "error": 9e-4}]
+    healthy = SimpleNamespace(history=[{**history[1], "label_steps": steps}], labels=result.labels, timings={})
+    assert "label steps: 2 head solves, at most 31 passes each, all converged" in cli.train_summary(config, healthy, tmp_path)
+    stuck = [*steps, {"head": 1, "passes": 1000, "converged": False, "error": 4.2e-3}]
+    sick = SimpleNamespace(history=[{**history[1], "label_steps": stuck}], labels=result.labels, timings={})
+    assert "1 NOT converged (largest error 4.2e-03)" in cli.train_summary(config, sick, tmp_path)
 
 
 @pytest.fixture
