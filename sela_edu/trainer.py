@@ -381,6 +381,17 @@ def _kept_rows(loader) -> int:
     return int((positions < n).sum())
 
 
+def _kept_batches(loader):
+    """This rank's ``(x, index)`` batches in loader order, without the shard padding (see :func:`_kept_rows`)."""
+    rows, filled = _kept_rows(loader), 0
+    for x, _, index in loader:
+        take = min(index.shape[0], rows - filled)
+        if take <= 0:
+            break
+        yield x[:take], index[:take].cpu()
+        filled += take
+
+
 def _plain_loader(data, batch_size: int, device: torch.device, seed: int, num_workers: int):
     from .data import make_loader
 
@@ -462,17 +473,12 @@ def relabel(model: nn.Module, data, *, lam: float = 10.0, batch_size: int = 512,
     t0 = time.perf_counter()
     buffers = [ScoreBuffer(rows, all_ks[h], lam, storage_dtype=storage_dtype, device=device) for h in heads]
     seen: list[torch.Tensor] = []
-    filled = 0
-    for x, _, index in _progress(loader, progress, "scoring"):
-        take = min(index.shape[0], rows - filled)
-        if take <= 0:
-            break
+    for x, index in _progress(_kept_batches(loader), progress, "scoring", total=len(loader)):
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            outputs = net(x[:take])
+            outputs = net(x)
         for buffer, h in zip(buffers, heads):
             buffer.add(outputs[h])
-        seen.append(index[:take].cpu())
-        filled += take
+        seen.append(index)
     net.train(was_training)
     _sync(device)
     t1 = time.perf_counter()
@@ -505,32 +511,31 @@ def _with_labels(result, labels: torch.Tensor):
     return result
 
 
-@torch.no_grad()
-def compute_features(model: nn.Module, data, *, batch_size: int = 512, device=None, loader=None,
-                     amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of this rank's images without augmentation, and their positions: (n x D float32 CPU, n)."""
+def compute_features(model: nn.Module, data, *, batch_size: int = 512, device=None,
+                     loader=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of this rank's images without augmentation, and their positions: (n x D float32 CPU, n).
+
+    :func:`sela_edu.evaluation.extract_features` on this rank's shard (without the shard's padding).
+    """
+    from .evaluation import extract_features
+
     net = _unwrap(model)
     device = next(net.parameters()).device if device is None else torch.device(device)
     if loader is None:
         loader = _plain_loader(data, batch_size, device, 0, 0)
-    rows = _kept_rows(loader)
-    was_training = net.training
-    net.eval()
-    feats, seen, filled = [], [], 0
-    for x, _, index in loader:
-        take = min(index.shape[0], rows - filled)
-        if take <= 0:
-            break
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
-            feats.append(net.features(x[:take]).float().cpu())
-        seen.append(index[:take].cpu())
-        filled += take
-    net.train(was_training)
-    return torch.cat(feats), torch.cat(seen)
+    seen: list[torch.Tensor] = []
+
+    def images():
+        for x, index in _kept_batches(loader):
+            seen.append(index)
+            yield x
+
+    feats = extract_features(net, images(), device=device)
+    return feats, torch.cat(seen)
 
 
 def kmeans_relabel(model: nn.Module, data, num_clusters: list[int], *, seed: int = 0, batch_size: int = 512,
-                   loader=None, timings: dict | None = None, amp: bool = False) -> torch.Tensor:
+                   loader=None, timings: dict | None = None) -> torch.Tensor:
     """k-means pseudo-labels (num_heads x N) on the model's current features, DeepCluster-style.
 
     In a distributed run the features are gathered, rank 0 clusters, and the labels are broadcast.
@@ -541,7 +546,7 @@ def kmeans_relabel(model: nn.Module, data, num_clusters: list[int], *, seed: int
     device = next(_unwrap(model).parameters()).device
     _sync(device)
     t0 = time.perf_counter()
-    feats, indices = compute_features(model, data, batch_size=batch_size, loader=loader, amp=amp)
+    feats, indices = compute_features(model, data, batch_size=batch_size, loader=loader)
     if dist_utils.get_world_size() > 1:
         table = torch.cat([indices.unsqueeze(1).to(torch.float64), feats.to(torch.float64)], dim=1)
         merged = torch.cat([b.cpu() for b in dist_utils.all_gather_rows(table)])
@@ -916,7 +921,7 @@ def _label_step(s: _Setup, loop: _Loop) -> tuple[dict, list[dict], dict | None]:
         loop.last_results = results
     else:  # kmeans
         new = kmeans_relabel(s.model, s.data, s.ks, seed=config.seed + 1000 * loop.relabel_count,
-                             loader=s.score_loader, timings=part, amp=s.use_amp)
+                             loader=s.score_loader, timings=part)
         _reinit_heads(s.model, s.optimizer)
     changes = _changes(previous, new) if loop.has_optimised else None
     loop.has_optimised = True
