@@ -15,79 +15,18 @@ ROOT = settings.REPO_ROOT
 MATERIAL = ROOT / "instructor"
 PACKAGE = Path(editions.__file__).parent
 
-# The exercise cells proposed for notebooks 04-07, in the notebooks' own form (stub tagged "exercise",
-# solution tagged "solution", checker tagged "check"): tested here through both editions, pasted by hand.
-PROPOSED = {
-    "04_cifar_and_svhn": ('''def multihead_loss(scores, labels):
-    """scores: list of h tensors N x K_j (logits); labels: h x N int64. Mean over heads of each head's
-    cross-entropy with its own labels, as one scalar tensor."""
-    # YOUR CODE HERE
-    raise NotImplementedError''', '''def multihead_loss(scores, labels):
-    """scores: list of h tensors N x K_j (logits); labels: h x N int64. Mean over heads of each head's
-    cross-entropy with its own labels, as one scalar tensor."""
-    losses = [torch.nn.functional.cross_entropy(s, y) for s, y in zip(scores, labels)]
-    return torch.stack(losses).mean()     # mean, not sum: the learning rate should not depend on h''',
-                          "exercises.check_multihead_loss(multihead_loss)"),
-    "05_imbalance": ('''def size_spread(labels, k):
-    """(smallest, largest) cluster size divided by the equal share N/K; empty clusters count as 0."""
-    # YOUR CODE HERE
-    raise NotImplementedError''', '''def size_spread(labels, k):
-    """(smallest, largest) cluster size divided by the equal share N/K; empty clusters count as 0."""
-    sizes = np.bincount(np.asarray(labels), minlength=k) / (len(labels) / k)
-    return float(sizes.min()), float(sizes.max())''', "exercises.check_size_spread(size_spread)"),
-    "06_label_transfer": ('''def matched_agreement(labels_a, labels_b):
-    """Fraction of images on which two labellings agree after matching their ids one to one."""
-    # YOUR CODE HERE
-    raise NotImplementedError''', '''def matched_agreement(labels_a, labels_b):
-    """Fraction of images on which two labellings agree after matching their ids one to one."""
-    from scipy.optimize import linear_sum_assignment
-
-    a, b = np.asarray(labels_a), np.asarray(labels_b)
-    counts = np.zeros((a.max() + 1, b.max() + 1))
-    np.add.at(counts, (a, b), 1)                      # co-occurrences of (a id, b id)
-    rows, cols = linear_sum_assignment(counts, maximize=True)
-    return counts[rows, cols].sum() / a.size''', "exercises.check_matched_agreement(matched_agreement)"),
-    "07_imagenet_scale": ('''def column_max(blocks):
-    """Column maxima (K) of the rows that arrive as an iterator of n_i x K tensors, read once."""
-    # YOUR CODE HERE
-    raise NotImplementedError''', '''def column_max(blocks):
-    """Column maxima (K) of the rows that arrive as an iterator of n_i x K tensors, read once."""
-    running = None
-    for block in blocks:
-        top = block.amax(dim=0)
-        running = top if running is None else torch.maximum(running, top)   # never start from 0
-    return running''', "exercises.check_column_max(column_max)"),
-}
-
-
-def _proposed_notebook(stem):
-    stub, solution, check = PROPOSED[stem]
-    cells = [nbformat.v4.new_code_cell("import numpy as np\nimport torch\nfrom sela_edu import exercises"),
-             nbformat.v4.new_markdown_cell("### Exercise"),
-             nbformat.v4.new_code_cell(stub), nbformat.v4.new_code_cell(solution), nbformat.v4.new_code_cell(check),
-             nbformat.v4.new_markdown_cell("## Summary\n\n## Exercises\n\n1. One.\n2. Two.")]
-    for cell, tag in zip(cells[2:5], ("exercise", "solution", "check")):
-        cell.metadata["tags"] = [tag]
-    return nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "language": "python",
-                                                                          "display_name": "Python 3"}})
-
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """Both editions of the committed notebooks and of the proposed 04-07 exercises."""
+    """Both editions of the committed notebooks."""
     tmp = tmp_path_factory.mktemp("editions")
-    out = {}
-    for stem in sorted(PROPOSED):
-        nbformat.write(_proposed_notebook(stem), tmp / f"{stem[:2]}_proposed.ipynb")
-    for kind, source in (("committed", None), ("proposed", tmp)):
-        inst = editions.build_instructor_edition(tmp / kind / "instructor", source, MATERIAL)
-        stud = editions.build_student_edition(tmp / kind / "student", source, MATERIAL)
-        out[kind] = [(nbformat.read(i, as_version=4), nbformat.read(s, as_version=4)) for i, s in zip(inst, stud)]
-    return out
+    inst = editions.build_instructor_edition(tmp / "instructor", None, MATERIAL)
+    stud = editions.build_student_edition(tmp / "student", None, MATERIAL)
+    return {"committed": [(nbformat.read(i, as_version=4), nbformat.read(s, as_version=4)) for i, s in zip(inst, stud)]}
 
 
 def _all(built):
-    return built["committed"] + built["proposed"]
+    return built["committed"]
 
 
 def _graded(nb):
@@ -165,12 +104,11 @@ def _distinctive(lines):
 
 
 def _solution_lines():
-    """Lines of every reference answer to a coded exercise (the solution cells, and the proposed ones)."""
+    """Lines of every reference answer to a coded exercise (the notebooks' solution cells)."""
     lines = []
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         lines += [line for c in nb.cells if "solution" in c.metadata.get("tags", []) for line in c.source.splitlines()[1:]]
-    lines += [line for _, solution, _ in PROPOSED.values() for line in solution.splitlines()[1:]]
     return _distinctive(lines)
 
 
@@ -197,12 +135,11 @@ def _run(source, namespace):
     exec(compile(source, "<cell>", "exec"), namespace)
 
 
-@pytest.mark.parametrize("kind", ["committed", "proposed"])
-def test_solutions_pass_every_check_and_stubs_fail_with_the_hint(built, kind, one_torch_thread):
+def test_solutions_pass_every_check_and_stubs_fail_with_the_hint(built, one_torch_thread):
     """Run each exercise's solution cell, then its graded cell with the hidden tests (instructor edition);
     then the student's stub, then the student's graded cell."""
     checked = 0
-    for inst, stud in built[kind]:
+    for inst, stud in built["committed"]:
         for solution, graded in zip(_solutions(inst), _graded(inst)):
             if solution.cell_type != "code":
                 continue
@@ -218,7 +155,7 @@ def test_solutions_pass_every_check_and_stubs_fail_with_the_hint(built, kind, on
             _run(stub.source, ns)
             with pytest.raises(exercises.ExerciseFailure, match="not written yet.*YOUR CODE HERE"):
                 _run(graded.source, ns)
-    assert checked == (4 if kind == "committed" else 4)
+    assert checked == len(exercises.EXERCISES)
 
 
 def test_student_stub_keeps_the_signature(built):
