@@ -131,23 +131,28 @@ def plot_cluster_sizes(labels, num_clusters: int | None = None, ax=None, *, titl
 def plot_history(history: Sequence[Mapping[str, float]], keys: Sequence[str] = ("loss", "nmi"), *,
                  title: str | None = None):
     """Training curves from a trainer history (a list of per-epoch dicts), one panel per key present;
-    per-head values (lists) get one line per head."""
+    per-head values (lists) get one line per head. Label optimisations (the records' ``label_steps``)
+    are marked as faint vertical lines at the fraction of an epoch where they happened."""
     import matplotlib.pyplot as plt
 
     keys = [k for k in keys if any(k in row and row[k] is not None for row in history)]
     if not keys:
         raise ValueError("none of the requested keys appear in the history")
+    moments = relabel_moments(history)
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
     for ax, key in zip(axes[0], keys):
         rows = [row for row in history if row.get(key) is not None]
         epochs = [row.get("epoch", i) for i, row in enumerate(rows)]
         values = [row[key] for row in rows]
+        for i, at in enumerate(moments):
+            ax.axvline(at, color="0.6", lw=0.6, alpha=0.5, zorder=0, label="label optimisation" if i == 0 else None)
         if values and isinstance(values[0], (list, tuple)):  # one value per head
             for h in range(len(values[0])):
                 ax.plot(epochs, [v[h] for v in values], "o-", ms=3, label=f"head {h}")
-            ax.legend(fontsize=7)
         else:
-            ax.plot(epochs, values, "o-", ms=3)
+            ax.plot(epochs, values, "o-", ms=3, label=key)
+        if len(ax.get_legend_handles_labels()[0]) > 1:
+            ax.legend(fontsize=7, loc="best", framealpha=0.85)
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.grid(True, alpha=0.3)
@@ -155,6 +160,16 @@ def plot_history(history: Sequence[Mapping[str, float]], keys: Sequence[str] = (
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def relabel_moments(history: Sequence[Mapping]) -> list[float]:
+    """When each label optimisation happened, in epochs (its step over the steps per epoch), from the
+    ``label_steps`` rows of a trainer history; several heads solved at one step count once."""
+    per_epoch = next((row["step"] / row["epoch"] for row in history if row.get("epoch") and row.get("step")), None)
+    if not per_epoch:
+        return []
+    steps = sorted({r["step"] for row in history for r in row.get("label_steps") or []})
+    return [step / per_epoch for step in steps]
 
 
 def _image_for_display(img: np.ndarray) -> np.ndarray:
@@ -230,6 +245,7 @@ __all__ = [
     "plot_convergence",
     "plot_cluster_sizes",
     "plot_history",
+    "relabel_moments",
     "image_grid_by_cluster",
     "bar_comparison",
 ]
