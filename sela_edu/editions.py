@@ -357,18 +357,8 @@ def _material(material) -> Path:
 def build_instructor_edition(output: str | os.PathLike = "instructor_edition", source: str | os.PathLike | None = None,
                              material: str | os.PathLike | None = None) -> list[Path]:
     """Write the nbgrader source version of every notebook in ``source`` (default ``notebooks/``)."""
-    import nbformat
-
     material = _material(material)
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in _notebooks(source):
-        nb = nbformat.read(path, as_version=4)
-        _check_stubs(path, nb)
-        nbformat.write(instructor_notebook(nb, path.stem, material), output / path.name)
-        written.append(output / path.name)
-    return written
+    return _write_edition(output, source, lambda nb, stem: instructor_notebook(nb, stem, material))
 
 
 def build_student_edition(output: str | os.PathLike = "student", source: str | os.PathLike | None = None,
@@ -378,15 +368,20 @@ def build_student_edition(output: str | os.PathLike = "student", source: str | o
     Each exercise must have a stub cell (tagged ``exercise``, containing ``# YOUR CODE HERE``); a
     notebook with a solution cell but no stub is an error. Works without the instructor material
     (then without written-answer cells)."""
+    material = Path(material) if material else INSTRUCTOR_DIR
+    return _write_edition(output, source, lambda nb, stem: student_notebook(nb, stem, material))
+
+
+def _write_edition(output, source, convert) -> list[Path]:
+    """``convert(notebook, stem)`` for every notebook of ``source`` (stubs checked first), written to ``output``."""
     import nbformat
 
-    material = Path(material) if material else INSTRUCTOR_DIR
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     written = []
     for path in _notebooks(source):
         nb = nbformat.read(path, as_version=4)
         _check_stubs(path, nb)
-        nbformat.write(student_notebook(nb, path.stem, material), output / path.name)
+        nbformat.write(convert(nb, path.stem), output / path.name)
         written.append(output / path.name)
     return written

@@ -55,6 +55,17 @@ def _as_label_matrix(labels) -> torch.Tensor:
     return labels.to(torch.int64).cpu()
 
 
+def _head_names(head_names, num_heads: int, first_column: str) -> list[str]:
+    """The label columns' names (default ``head0, head1, ...``): as many as heads, distinct, none equal to
+    the first column's name."""
+    if head_names is None:
+        head_names = [f"head{h}" for h in range(num_heads)]
+    head_names = [str(name) for name in head_names]
+    if len(head_names) != num_heads or first_column in head_names or len(set(head_names)) != num_heads:
+        raise ValueError(f"head_names must be {num_heads} distinct names other than {first_column!r}")
+    return head_names
+
+
 def export_labels_csv(path: str | os.PathLike, labels, indices=None, *, head_names=None) -> Path:
     """Write ``labels`` (num_heads x N, or N for one head) as CSV with a header ``index,head0,...``.
 
@@ -70,11 +81,7 @@ def export_labels_csv(path: str | os.PathLike, labels, indices=None, *, head_nam
         raise ValueError(f"indices has {indices.numel()} entries but labels have {n} columns")
     if torch.unique(indices).numel() != n:
         raise ValueError("indices must be distinct: each image gets one row")
-    if head_names is None:
-        head_names = [f"head{h}" for h in range(num_heads)]
-    head_names = [str(name) for name in head_names]
-    if len(head_names) != num_heads or INDEX_COLUMN in head_names or len(set(head_names)) != num_heads:
-        raise ValueError(f"head_names must be {num_heads} distinct names other than {INDEX_COLUMN!r}")
+    head_names = _head_names(head_names, num_heads, INDEX_COLUMN)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = torch.cat([indices.unsqueeze(0), labels], dim=0).T.numpy()
@@ -139,11 +146,7 @@ def export_path_labels_csv(path: str | os.PathLike, paths, labels, *, head_names
         raise ValueError("paths must be distinct: each image gets one row")
     if any(p == "" or "\n" in p or "\r" in p for p in paths):
         raise ValueError("paths must be non-empty and hold no line breaks")
-    if head_names is None:
-        head_names = [f"head{h}" for h in range(num_heads)]
-    head_names = [str(name) for name in head_names]
-    if len(head_names) != num_heads or PATH_COLUMN in head_names or len(set(head_names)) != num_heads:
-        raise ValueError(f"head_names must be {num_heads} distinct names other than {PATH_COLUMN!r}")
+    head_names = _head_names(head_names, num_heads, PATH_COLUMN)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = labels.T.tolist()
