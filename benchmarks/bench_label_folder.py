@@ -17,6 +17,7 @@ import json
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     parser.add_argument("--clusters", default="10")
     parser.add_argument("--heads", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--work", default="/tmp/sela-label-bench")
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "sela-label-bench"))
     parser.add_argument("--extra", default="", help="more arguments for sela-edu label")
     args = parser.parse_args(argv)
 

@@ -15,7 +15,7 @@ Not part of the test suite. A quick check that it works::
 
 The real measurement (about 5-10 minutes per epoch and method on 2 shared CPU cores)::
 
-    SELA_DATA_ROOT=/work/shared/data python benchmarks/bench_training.py --epochs 2 --json results/bench_training.json
+    SELA_DATA_ROOT=../shared/data python benchmarks/bench_training.py --epochs 2 --json results/bench_training.json
 
 On a GPU, a CIFAR-10-sized run on synthetic images of the real shape (50,000 x 3 x 32 x 32; no download),
 with the hours the full ``cifar-paper`` schedule (400 epochs, 400 optimisations) would take::

@@ -15,7 +15,7 @@ evaluation, metrics, baselines); it does not use sela_edu.trainer. The loop:
 Example (the best recipe this search measured: 8 epochs, ~5 min of training + relabelling on an idle
 core; NMI(K=10) 0.54, kNN 88.7 %, linear probe 90.0 % on the pre-FC features):
 
-    SELA_DATA_ROOT=/work/shared/data .venv/bin/python benchmarks/recipe_search.py --threads 1 \
+    SELA_DATA_ROOT=../shared/data .venv/bin/python benchmarks/recipe_search.py --threads 1 \
         --epochs 8 --lam 10 --relabels-per-epoch 2 --dense-steps 40 --dense-epochs 0.5 --probe-every 4 \
         --scale-min 0.2 --brightness 0.4 --contrast 0.4 --pool flat --kmeans-eval --out /tmp/recipe.json
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 
@@ -239,7 +238,6 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    os.environ.setdefault("SELA_DATA_ROOT", "/work/shared/data")
     train = load_dataset("fashion-mnist", "train")
     test = load_dataset("fashion-mnist", "test")
     if args.subset:

@@ -4,6 +4,7 @@ CIFAR, SVHN and image folders are tested on small files written here in the offi
 (python pickles, MATLAB .mat, PNG folders); Fashion-MNIST on the shared copy when it exists.
 """
 
+import os
 import pickle
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from sela_edu.augment import BatchAugment
 from sela_edu.data import (DATASET_INFO, DATASET_NAMES, FolderData, ImageData, default_augment, epoch_indices,
                            heavy_imbalance, imbalanced_indices, light_imbalance, load_dataset, make_loader)
 
-SHARED = Path("/work/shared/data")
+# the data root, or the shared data folder beside the clone (where the project's machines keep it)
+SHARED = Path(os.environ.get("SELA_DATA_ROOT") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 # --- writers of the official file formats ---------------------------------------------------------
@@ -168,7 +170,7 @@ def test_imagenet_layout(tmp_path):
 
 
 @pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(),
-                    reason="Fashion-MNIST raw files not at /work/shared/data/FashionMNIST/raw")
+                    reason="Fashion-MNIST raw files not in the data root (FashionMNIST/raw)")
 def test_fashion_mnist_from_data_root(monkeypatch):
     monkeypatch.setenv("SELA_DATA_ROOT", str(SHARED))
     test = load_dataset("fashion-mnist", "test")
