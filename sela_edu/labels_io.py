@@ -269,10 +269,21 @@ def read_released_labels_csv(path: str | os.PathLike, *, num_heads: int | None =
             raise ValueError(f"{path}: one row per head, but the rows are named {keys[:3]!r}")
         labels = table
     else:
-        if keys is None and table.shape[1] >= 2 and np.array_equal(table[:, 0], np.arange(table.shape[0])):
-            keys = [str(i) for i in range(table.shape[0])]
-            table = table[:, 1:]
+        if keys is None:
+            keys, table = _leading_index_as_keys(table)
         labels = table.T
+    return _checked_released(path, keys, labels, num_heads)
+
+
+def _leading_index_as_keys(table: np.ndarray):
+    """A first column counting 0, 1, 2, ... is the images' index, not a head: ``(keys or None, rest)``."""
+    if table.shape[1] >= 2 and np.array_equal(table[:, 0], np.arange(table.shape[0])):
+        return [str(i) for i in range(table.shape[0])], table[:, 1:]
+    return None, table
+
+
+def _checked_released(path: Path, keys, labels: np.ndarray, num_heads: int | None):
+    """``(keys, labels)`` of a released file, heads x N, after checking the heads' count and the signs."""
     if num_heads is not None and labels.shape[0] != num_heads:
         raise ValueError(f"{path}: found {labels.shape[0]} head(s) of {labels.shape[1]} labels, expected {num_heads}")
     if labels.size and labels.min() < 0:
@@ -304,15 +315,10 @@ def _read_released_fast(path: Path, delimiter: str | None, num_heads: int | None
     if named:
         keys = np.loadtxt(path, delimiter=delimiter, skiprows=int(has_header), dtype=str, usecols=0,
                           ndmin=1).tolist()
-    elif table.shape[1] >= 2 and np.array_equal(table[:, 0], np.arange(table.shape[0])):
-        keys = [str(i) for i in range(table.shape[0])]
-        table = table[:, 1:]
+    else:
+        keys, table = _leading_index_as_keys(table)
     labels = table.T
-    if num_heads is not None and labels.shape[0] != num_heads:
-        raise ValueError(f"{path}: found {labels.shape[0]} head(s) of {labels.shape[1]} labels, expected {num_heads}")
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"{path}: labels must be non-negative")
-    return keys, torch.from_numpy(np.ascontiguousarray(labels))
+    return _checked_released(path, keys, labels, num_heads)
 
 
 def read_any_labels_csv(path: str | os.PathLike):
