@@ -465,13 +465,17 @@ def _run_lbfgs(sd: _SemiDual, L0: torch.Tensor, *, tol, max_iter, errors):
         L[act] = torch.from_numpy(x).to(L.device)
         return L
 
-    def fun(x):
-        L = full(x)
-        F, mass = sd(L)
+    def record(L, mass) -> float:  # the error of a pass, and the best point so far
         error = marginal_error(mass, sd.target)
         errors.append(error)
         if error < best["error"]:
             best.update(error=error, L=L, mass=mass)
+        return error
+
+    def fun(x):
+        L = full(x)
+        F, mass = sd(L)
+        error = record(L, mass)
         if error <= tol or sd.passes >= max_iter:
             raise _Stop
         grad = ((mass - sd.target)[act] / n_total).cpu().numpy()
@@ -498,10 +502,7 @@ def _run_lbfgs(sd: _SemiDual, L0: torch.Tensor, *, tol, max_iter, errors):
             steps[0] += 1
             sd.settle(L)
             _, mass = sd(L)
-            error = marginal_error(mass, sd.target)
-            errors.append(error)
-            if error < best["error"]:
-                best.update(error=error, L=L, mass=mass)
+            error = record(L, mass)
             if error <= tol or sd.passes >= max_iter:
                 break
     except _Stop:
