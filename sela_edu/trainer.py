@@ -811,16 +811,17 @@ def _build(config: TrainConfig, data, labels) -> tuple[_Setup, _Loop]:
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=config.lr_milestones,
                                                          gamma=config.lr_gamma)
     use_amp = bool(config.amp) and device.type == "cuda"
-    common = dict(device=device, distributed=world > 1, num_workers=config.num_workers)
-    loader = make_loader(data, config.batch_size, train=True, seed=config.seed,
-                         augment=training_augment(config, data), **common)
+    # the same augmentation for training and, in "augmented" score mode, for the label step
+    common = dict(device=device, distributed=world > 1, num_workers=config.num_workers,
+                  augment=training_augment(config, data))
+    loader = make_loader(data, config.batch_size, train=True, seed=config.seed, **common)
     if len(loader) < 1:
         raise ValueError(f"no full batch: {len(data)} images per process and batch_size {config.batch_size}; "
                          "lower batch_size")
     score_bs = config.score_batch_size or 2 * config.batch_size
     if config.score_mode == "augmented":  # the official CIFAR code scores its (augmented) training loader
         score_loader = make_loader(data, score_bs, train=True, shuffle=False, drop_last=False, seed=config.seed + 1,
-                                   augment=training_augment(config, data), **common)
+                                   **common)
     else:
         score_loader = plain_loader(config, data, score_bs, device=device, seed=config.seed,
                                     distributed=world > 1)
