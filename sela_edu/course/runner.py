@@ -51,18 +51,18 @@ CPU_NOTEBOOKS = ("02_self_labelling_objective", "03_self_labelling_on_cpu", "05_
 
 NOTEBOOKS: tuple[NotebookInfo, ...] = (
     NotebookInfo("01_optimal_transport_toy", "Optimal transport with warehouses and shops",
-                 seconds={"smoke": 15, "classroom": 15}),
+                 seconds={"smoke": 17, "classroom": 21}),
     NotebookInfo("02_self_labelling_objective", "Why self-labelling needs equipartition",
-                 seconds={"smoke": 20, "classroom": 60}),
+                 seconds={"smoke": 19, "classroom": 37}),
     NotebookInfo("03_self_labelling_on_cpu", "The whole method on a CPU",
-                 seconds={"smoke": 25, "classroom": 480}),
+                 seconds={"smoke": 24, "classroom": 616}),
     NotebookInfo("04_cifar_and_svhn", "CIFAR-10/100 and SVHN at the paper's settings",
                  needs=lambda profile, p: p.get("dataset") or "cifar10", seconds={"smoke": 10, "classroom": 600}),
     NotebookInfo("05_imbalance", "Imbalanced data",
                  needs=lambda profile, p: (p.get("dataset") or "cifar10") if profile == "paper" else None,
-                 seconds={"smoke": 40, "classroom": 420}),
-    NotebookInfo("06_label_transfer", "Label transfer", seconds={"smoke": 20, "classroom": 150}),
-    NotebookInfo("07_imagenet_scale", "ImageNet scale", seconds={"smoke": 15, "classroom": 70}),
+                 seconds={"smoke": 17, "classroom": 348}),
+    NotebookInfo("06_label_transfer", "Label transfer", seconds={"smoke": 15, "classroom": 147}),
+    NotebookInfo("07_imagenet_scale", "ImageNet scale", seconds={"smoke": 9, "classroom": 30}),
 )
 
 
