@@ -177,7 +177,7 @@ def verdicts(summary: dict) -> list[str]:
         for key in ("nmi", "knn_conv", "linear_conv"):
             gap = summary["sela-rot"][key][0] - sela[key][0]
             fmt, unit = (".3f", "") if key == "nmi" else (".1f", " points")
-            out.append(f"SeLa+Rot {'beats' if gap > 0 else 'does not beat'} SeLa on {key} by {gap:{fmt}}{unit}")
+            out.append(f"SeLa+Rot {'beats' if gap > 0 else 'is behind'} SeLa on {key} by {abs(gap):{fmt}}{unit}")
     for other in ("kmeans", "random"):
         if other not in summary:
             continue
@@ -185,11 +185,11 @@ def verdicts(summary: dict) -> list[str]:
             a, b = sela[key][0], summary[other][key][0]
             gap = a - b
             spread = max(sela[key][1], summary[other][key][1])
-            word = "beats" if gap > 0 else "does not beat"
+            word = "beats" if gap > 0 else "is behind"
             unit = "" if key == "nmi" else " points"
             fmt = ".3f" if key == "nmi" else ".1f"
             margin = "" if gap <= 0 else (" (within the spread over seeds)" if gap <= spread else "")
-            out.append(f"SeLa {word} {other} on {key} by {gap:{fmt}}{unit}{margin}")
+            out.append(f"SeLa {word} {other} on {key} by {abs(gap):{fmt}}{unit}{margin}")
     return out
 
 
