@@ -1,0 +1,46 @@
+"""The study script's summary and verdicts, on fabricated rows (training is the script's job, not the suite's)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fashion_study.py"
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("fashion_study", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(method, seed, nmi, knn, linear):
+    return {"method": method, "seed": seed, "train_minutes": 1.0, "nmi": nmi, "ari": nmi / 2,
+            "knn_feature": knn, "knn_conv": knn + 1, "linear_feature": linear, "linear_conv": linear + 1}
+
+
+def test_summary_is_mean_and_sample_spread(study):
+    rows = [row("sela", s, nmi, 88.0, 89.0) for s, nmi in enumerate((0.5, 0.6, 0.7))]
+    mean, spread = study.summarise(rows)["sela"]["nmi"]
+    assert mean == pytest.approx(0.6)
+    assert spread == pytest.approx(0.1)
+
+
+def test_verdicts_follow_the_numbers(study):
+    rows = [row("sela", s, 0.58 + 0.01 * s, 87.0 + 0.1 * s, 90.0 + 0.3 * s) for s in range(3)]
+    rows += [row("kmeans", s, 0.62 + 0.01 * s, 85.0, 90.1) for s in range(3)]
+    lines = study.verdicts(rows)
+    assert "SeLa nmi 0.590 (head): target 0.650 MISSED" in lines
+    assert "SeLa knn 88.1 % (conv): target 88.0 % met" in lines
+    nmi = next(line for line in lines if "k-means" in line and "NMI" in line)
+    assert nmi.startswith("SeLa does not beat k-means pseudo-labels on NMI") and "behind by 0.040" in nmi
+    knn = next(line for line in lines if "k-means" in line and "kNN accuracy (feature)" in line)
+    assert knn.startswith("SeLa beats k-means pseudo-labels") and "by 2.1 points" in knn
+    linear = next(line for line in lines if "linear-probe accuracy (feature)" in line)
+    assert linear.startswith("SeLa beats") and "within the spread" in linear
+
+
+def test_no_verdicts_without_sela(study):
+    assert study.verdicts([row("random", 0, 0.1, 80.0, 80.0)]) == []
