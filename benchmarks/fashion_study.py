@@ -39,6 +39,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,20 +54,32 @@ from sela_edu.settings import pick_device, results_dir  # noqa: E402
 from sela_edu.trainer import config_from_preset, plain_loader, random_init_model, relabel, train  # noqa: E402
 from sela_edu.verdicts import compare  # noqa: E402
 
-METHODS = ("sela", "kmeans", "random", "supervised", "sela-rot")
+
+@dataclass(frozen=True)
+class Method:
+    """One arm of the study: how verdicts name it, the trainer settings behind it, whether it trains, and
+    where its K = 10 labels come from (``own_labels``: out of training; otherwise Sinkhorn-Knopp labels the
+    trained or untrained head's scores once)."""
+
+    name: str
+    trainer: dict
+    labels_from: str
+    trains: bool = True
+    own_labels: bool = True
+
+
+METHODS = {
+    "sela": Method("SeLa", {"method": "sela"}, "pseudo-labels"),
+    "kmeans": Method("k-means pseudo-labels", {"method": "kmeans"}, "k-means labels"),
+    "random": Method("a random network", {"method": "sela"}, "SK on untrained head", trains=False, own_labels=False),
+    "supervised": Method("supervised training", {"method": "supervised"}, "SK on trained head", own_labels=False),
+    "sela-rot": Method("SeLa+Rot", {"method": "sela", "rotation": True}, "pseudo-labels"),
+}
 #: What runs unless --methods says otherwise (SeLa+Rot trains on four rotated views of every image: 2.7x
 #: SeLa's time on the short schedule recorded in docs/fashion_study/rot_short_output.txt).
 DEFAULT_METHODS = ("sela", "kmeans", "random", "supervised")
-#: The trainer settings behind each method of the study (the random network trains nothing).
-TRAINER_SETTINGS = {"sela": {"method": "sela"}, "sela-rot": {"method": "sela", "rotation": True},
-                    "kmeans": {"method": "kmeans"}, "random": {"method": "sela"},
-                    "supervised": {"method": "supervised"}}
-LABEL_SOURCE = {"sela": "pseudo-labels", "kmeans": "k-means labels", "random": "SK on untrained head",
-                "supervised": "SK on trained head", "sela-rot": "pseudo-labels"}
-#: How verdicts name the methods and metrics.
-METHOD_NAMES = {"sela": "SeLa", "sela-rot": "SeLa+Rot", "kmeans": "k-means pseudo-labels",
-                "random": "a random network", "supervised": "supervised training"}
-METRIC_NAMES = {"nmi": "NMI of the K = 10 head's labels", "ari": "ARI of the K = 10 head's labels",
+#: How verdicts name the metrics.
+METRIC_NAMES = {"nmi": "NMI of the K = 10 head's labels",
                 "knn_feature": "kNN accuracy (feature)", "knn_conv": "kNN accuracy (conv)",
                 "linear_feature": "linear-probe accuracy (feature)", "linear_conv": "linear-probe accuracy (conv)"}
 METRICS = ("nmi", "ari", "knn_feature", "knn_conv", "linear_feature", "linear_conv")
@@ -77,7 +90,7 @@ TARGETS = {"nmi": 0.65, "knn": 88.0, "linear": 89.0}
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS,
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS),
                         help="sela-rot: SeLa with the rotation head of the paper's +Rot variant")
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--root", default=None, help="data root (default: $SELA_DATA_ROOT or data/)")
@@ -119,12 +132,13 @@ def frozen_scores(model, config, train_data, test_data) -> dict[str, float]:
 
 def run_one(method: str, seed: int, overrides: dict, train_data, test_data, args, log=None) -> dict:
     log = log or (lambda line: print(line, flush=True))
+    arm = METHODS[method]
     config = config_from_preset("classroom", **{**overrides, "dataset": args.dataset, "device": args.device,
-                                                "seed": seed, **TRAINER_SETTINGS[method]})
+                                                "seed": seed, **arm.trainer})
     head10 = config.cluster_list().index(10)
     t0 = time.perf_counter()
     unconverged = passes = 0
-    if method == "random":
+    if not arm.trains:
         model, labels10 = random_init_model(config, train_data).to(pick_device(args.device)), None
     else:
         result = train(config, train_data, progress=args.progress)
@@ -133,9 +147,9 @@ def run_one(method: str, seed: int, overrides: dict, train_data, test_data, args
         unconverged = sum(not r["converged"] for r in steps)
         passes = max((r["passes"] for r in steps), default=0)
     train_minutes = (time.perf_counter() - t0) / 60
-    if method not in ("sela", "kmeans", "sela-rot"):
+    if not arm.own_labels:
         labels10 = relabel(model, train_data, lam=config.lam, heads=[head10])[0].labels.cpu()
-    row = {"method": method, "seed": seed, "train_minutes": train_minutes, "labels_from": LABEL_SOURCE[method],
+    row = {"method": method, "seed": seed, "train_minutes": train_minutes, "labels_from": arm.labels_from,
            "nmi": nmi(train_data.targets, labels10), "ari": ari(train_data.targets, labels10),
            **frozen_scores(model, config, train_data, test_data),
            "unconverged_label_steps": unconverged, "most_passes": passes}
@@ -176,10 +190,10 @@ def verdicts(rows: list[dict]) -> list[str]:
     if "sela" not in methods:
         return []
     per_seed = lambda method, key: [r[key] for r in rows if r["method"] == method]  # noqa: E731
-    sela = summarise(rows)["sela"]
-    best = lambda kind: max((sela[f"{kind}_feature"][0], "feature"), (sela[f"{kind}_conv"][0], "conv"))  # noqa: E731
+    mean = lambda key: statistics.fmean(per_seed("sela", key))  # noqa: E731
+    best = lambda kind: max((mean(f"{kind}_feature"), "feature"), (mean(f"{kind}_conv"), "conv"))  # noqa: E731
     out = []
-    for kind, (value, layer) in (("nmi", (sela["nmi"][0], "head")), ("knn", best("knn")), ("linear", best("linear"))):
+    for kind, (value, layer) in (("nmi", (mean("nmi"), "head")), ("knn", best("knn")), ("linear", best("linear"))):
         target = TARGETS[kind]
         unit, fmt = ("", ".3f") if kind == "nmi" else (" %", ".1f")
         out.append(f"SeLa {kind} {value:{fmt}}{unit} ({layer}): target {target:{fmt}}{unit} "
@@ -192,7 +206,7 @@ def verdicts(rows: list[dict]) -> list[str]:
             continue
         for key in keys:
             decimals, unit = (3, "") if key == "nmi" else (1, " points")
-            out.append(str(compare(METHOD_NAMES[a], per_seed(a, key), METHOD_NAMES[b], per_seed(b, key),
+            out.append(str(compare(METHODS[a].name, per_seed(a, key), METHODS[b].name, per_seed(b, key),
                                    metric=METRIC_NAMES[key], unit=unit, decimals=decimals)))
     return out
 

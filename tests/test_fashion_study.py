@@ -1,6 +1,7 @@
 """The study script's summary and verdicts, on fabricated rows (training is the script's job, not the suite's)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fashion_study.py"
 def study():
     spec = importlib.util.spec_from_file_location("fashion_study", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    return module
+    yield module
+    del sys.modules[spec.name]
 
 
 def row(method, seed, nmi, knn, linear):
@@ -44,3 +47,12 @@ def test_verdicts_follow_the_numbers(study):
 
 def test_no_verdicts_without_sela(study):
     assert study.verdicts([row("random", 0, 0.1, 80.0, 80.0)]) == []
+
+
+def test_every_arm_names_a_trainer_method_and_its_labels(study):
+    from sela_edu.trainer import config_from_preset
+
+    for key, arm in study.METHODS.items():
+        config_from_preset("classroom", **arm.trainer)  # refuses an unknown setting
+        assert arm.own_labels == (key in ("sela", "kmeans", "sela-rot"))
+        assert arm.trains or not arm.own_labels  # an untrained network has no pseudo-labels of its own
