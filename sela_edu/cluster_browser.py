@@ -178,8 +178,8 @@ def compute_outputs(model, data, *, batch_size: int = 256, device=None, with_fea
         for x, _, index in loader:
             f = model.features(x.to(dev))
             index = torch.as_tensor(index).long().cpu()
-            for s, head in zip(scores, model.heads):
-                s[index] = head(f).float().cpu()
+            for s, head_scores in zip(scores, model.head_scores(f)):
+                s[index] = head_scores.float().cpu()
             if with_features:
                 if feats is None:
                     feats = torch.empty(n, f.shape[1])

@@ -30,9 +30,11 @@ Architectures (``ARCHS``):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ARCHS = ("smallcnn", "alexnet", "alexnet32", "resnet18", "resnet50")
@@ -52,16 +54,23 @@ class MultiHeadNet(nn.Module):
     Attributes:
         backbone: maps a batch of images to a ``N x feature_dim`` tensor.
         heads: one ``nn.Linear(feature_dim, K_j)`` per head.
+        head_temperature: None for plain linear heads (the paper's); a number T for cosine heads, whose
+            scores are the cosine between the feature and each cluster's weight vector, divided by T
+            (SwAV's prototypes; the bias is not used).
         feature_dim: width of the feature vector (what kNN and the linear probe evaluate).
         arch, in_channels, image_size: how the model was built (``build_kwargs`` rebuilds it).
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_heads: int = 1,
-                 num_clusters: ClusterSpec = 10, *, build_kwargs: dict | None = None):
+                 num_clusters: ClusterSpec = 10, *, build_kwargs: dict | None = None,
+                 head_temperature: float | None = None):
         super().__init__()
         self.backbone = backbone
         self.feature_dim = int(feature_dim)
         self.build_kwargs = dict(build_kwargs or {})
+        self.head_temperature = check_head_temperature(head_temperature)
+        if head_temperature is not None:
+            self.build_kwargs["head_temperature"] = float(head_temperature)
         self.heads = nn.ModuleList()
         self.rotation_head: nn.Linear | None = None
         self.reset_heads(num_heads, num_clusters)
@@ -97,12 +106,19 @@ class MultiHeadNet(nn.Module):
         """One ``N x K_j`` score tensor (logits, before softmax) per head; with ``rotation=True`` the
         logits of the rotation head (:meth:`add_rotation_head`) follow as the last entry."""
         feats = self.features(x)
-        out = [head(feats) for head in self.heads]
+        out = self.head_scores(feats)
         if rotation:
             if self.rotation_head is None:
                 raise ValueError("this model has no rotation head: call add_rotation_head() first")
             out.append(self.rotation_head(feats))
         return out
+
+    def head_scores(self, feats: torch.Tensor) -> list[torch.Tensor]:
+        """Every head's scores for a batch of :meth:`features`."""
+        if self.head_temperature is None:
+            return [head(feats) for head in self.heads]
+        unit = F.normalize(feats.flatten(1), dim=1)
+        return [F.linear(unit, F.normalize(head.weight, dim=1)) / self.head_temperature for head in self.heads]
 
     def add_rotation_head(self) -> None:
         """Add the 4-way rotation classifier of SeLa + Rot (0, 90, 180 or 270 degrees), beside the heads."""
@@ -133,6 +149,14 @@ class MultiHeadNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"feature_dim={self.feature_dim}, num_heads={self.num_heads}, num_clusters={self.num_clusters}"
+
+
+def check_head_temperature(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"head_temperature must be None or a positive number, got {value!r}")
+    return float(value)
 
 
 def _cluster_list(num_heads: int, num_clusters: ClusterSpec) -> list[int]:
@@ -242,7 +266,8 @@ def _resnet(arch: str, in_channels: int, small_stem: bool) -> tuple[nn.Module, i
 
 
 def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10, in_channels: int = 3,
-                image_size: int = 32, small_stem: bool | None = None, rotation: bool = False) -> MultiHeadNet:
+                image_size: int = 32, small_stem: bool | None = None, rotation: bool = False,
+                head_temperature: float | None = None) -> MultiHeadNet:
     """Build a :class:`MultiHeadNet` with ``num_heads`` heads of ``num_clusters`` clusters.
 
     Args:
@@ -254,6 +279,7 @@ def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10
             and is checked against the architecture's minimum (``MIN_IMAGE_SIZE``).
         small_stem: ResNets only: 3x3/1 first conv without max-pool; default ``image_size <= 64``.
         rotation: also a 4-way rotation head (SeLa + Rot, see :meth:`MultiHeadNet.add_rotation_head`).
+        head_temperature: None for linear heads; T for cosine heads (see :class:`MultiHeadNet`).
 
     Raises:
         ValueError: unknown ``arch``, an image too small for it, ``small_stem=True`` for a non-ResNet,
@@ -277,6 +303,7 @@ def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10
         raise ValueError(f"image_size {image_size} px is too small for {arch!r}{stem}: it needs at least "
                          f"{min_size} px{hint}")
     _cluster_list(num_heads, num_clusters)  # validate before building anything large
+    check_head_temperature(head_temperature)
 
     if arch == "alexnet":
         backbone, dim = _alexnet(in_channels)
@@ -291,7 +318,8 @@ def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10
 
     kwargs = dict(arch=arch, in_channels=in_channels, image_size=image_size,
                   small_stem=bool(small_stem) if is_resnet else None)
-    model = MultiHeadNet(backbone, dim, num_heads, num_clusters, build_kwargs=kwargs)
+    model = MultiHeadNet(backbone, dim, num_heads, num_clusters, build_kwargs=kwargs,
+                         head_temperature=head_temperature)
     model.arch, model.in_channels, model.image_size = arch, in_channels, image_size
     if rotation:
         model.add_rotation_head()

@@ -591,7 +591,8 @@ def load_checkpoint_file(path: str | os.PathLike, *, layout: str = "auto", trust
                                       "(e.g. 'smallcnn', 28, 1 for the classroom preset)")
             build = dict(arch=arch, image_size=image_size, in_channels=in_channels)
         kit_state, info = convert_state_dict(state, "kit")
-        kw = {k: build[k] for k in ("arch", "in_channels", "image_size", "small_stem") if build.get(k) is not None}
+        kw = {k: build[k] for k in ("arch", "in_channels", "image_size", "small_stem", "head_temperature")
+              if build.get(k) is not None}
         model = build_model(num_heads=len(info["head_sizes"]), num_clusters=info["head_sizes"], **kw)
         if "rotation_head.weight" in kit_state and hasattr(model, "add_rotation_head"):
             model.add_rotation_head()
@@ -645,9 +646,9 @@ def _build_from_config(config: Mapping[str, Any], state: Mapping[str, Any]) -> d
         info = DATASET_INFO[_canonical_name(config.get("dataset", ""))]
     except (ValueError, KeyError):
         return None
-    size = info["image_size"]
+    size = config.get("image_size") or info["image_size"]
     return dict(arch=resolve_arch(config.get("arch", "smallcnn"), size), image_size=size,
-                in_channels=info["num_channels"])
+                in_channels=info["num_channels"], head_temperature=config.get("head_temperature"))
 
 
 def load_released(name: str, *, cache: str | os.PathLike | None = None, offline: bool | None = None,

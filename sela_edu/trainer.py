@@ -113,6 +113,8 @@ class TrainConfig:
         rotation: SeLa + Rot (the official retrain_with_rotnet.py): a 4-way rotation head beside the
             clustering heads; every batch is seen at 0, 90, 180 and 270 degrees, the clustering loss is
             taken on the upright views, the rotation loss on all four, and the two are added.
+        head_temperature: None for the paper's linear heads; T for cosine heads (the cosine between the
+            feature and each cluster's weight vector, divided by T, as SwAV's prototypes).
     """
 
     dataset: str = "digits"
@@ -149,6 +151,7 @@ class TrainConfig:
     relabel_heads: str = "all"
     warm_start: bool = True
     rotation: bool = False
+    head_temperature: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.num_clusters, tuple):
@@ -188,8 +191,9 @@ class TrainConfig:
             raise ValueError(f"unknown nopt_schedule {self.nopt_schedule!r}; choose one of {SCHEDULES}")
         if self.storage_dtype not in STORAGE_DTYPES:
             raise ValueError(f"unknown storage_dtype {self.storage_dtype!r}; choose one of {tuple(STORAGE_DTYPES)}")
-        from .models import ARCHS
+        from .models import ARCHS, check_head_temperature
 
+        check_head_temperature(self.head_temperature)
         if self.arch != "auto" and self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose 'auto' or one of {ARCHS}")
         for name in ("lam", "lr", "sinkhorn_tol", "lr_gamma"):
@@ -351,7 +355,8 @@ def build_for_config(config: TrainConfig, data, num_clusters: list[int] | None =
     torch.manual_seed(config.seed)
     size = config.image_size or data.image_size
     return build_model(resolve_arch(config.arch, size), num_heads=len(ks), num_clusters=ks,
-                       in_channels=data.num_channels, image_size=size, rotation=config.rotation)
+                       in_channels=data.num_channels, image_size=size, rotation=config.rotation,
+                       head_temperature=config.head_temperature)
 
 
 def random_init_model(config: TrainConfig, data) -> nn.Module:

@@ -137,6 +137,9 @@ def test_image_too_small(arch, size, needed):
     ({"num_clusters": "10"}, "num_clusters"),
     ({"in_channels": 0}, "in_channels"),
     ({"small_stem": True}, "ResNets only"),
+    ({"head_temperature": 0}, "head_temperature"),
+    ({"head_temperature": float("nan")}, "head_temperature"),
+    ({"head_temperature": True}, "head_temperature"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -154,3 +157,19 @@ def test_conv_features_are_the_flattened_last_conv_stage(arch, size, dim):
     # the fully connected part of the backbone maps it to the features the heads read
     fc_start = next(i for i, layer in enumerate(model.backbone) if isinstance(layer, torch.nn.Flatten)) + 1
     assert torch.allclose(model.backbone[fc_start:](conv), model.features(x), atol=1e-5)
+
+
+def test_cosine_heads_read_only_the_direction_of_the_feature():
+    torch.manual_seed(0)
+    model = build_model("smallcnn", num_heads=2, num_clusters=[3, 5], in_channels=1, image_size=28,
+                        head_temperature=0.1)
+    assert model.build_kwargs["head_temperature"] == 0.1
+    feats = torch.randn(6, model.feature_dim)
+    scores = model.head_scores(feats)
+    assert [s.shape for s in scores] == [(6, 3), (6, 5)]
+    for s, scaled in zip(scores, model.head_scores(7.5 * feats)):
+        assert torch.allclose(s, scaled, atol=1e-5)
+        assert s.abs().max() <= 1 / 0.1 + 1e-4  # a cosine over T
+    linear = build_model("smallcnn", num_clusters=3, in_channels=1, image_size=28)
+    assert "head_temperature" not in linear.build_kwargs
+    assert torch.allclose(linear.head_scores(feats)[0], linear.heads[0](feats))

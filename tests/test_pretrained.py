@@ -229,6 +229,19 @@ def test_kit_model_file_and_bare_state_dict(tmp_path):
         assert torch.allclose(pre.model.features(x), model.features(x))
 
 
+def test_kit_model_file_keeps_cosine_heads(tmp_path):
+    model = build_model("smallcnn", num_heads=1, num_clusters=4, in_channels=1, image_size=28, head_temperature=0.2)
+    path = tmp_path / "model.pt"
+    torch.save({"build_kwargs": dict(model.build_kwargs), "state_dict": model.state_dict()}, path)
+    pre = pt.load_checkpoint_file(path)
+    x = torch.randn(2, 1, 28, 28)
+    model.eval()
+    pre.model.eval()
+    assert pre.model.head_temperature == 0.2
+    with torch.no_grad():
+        assert torch.allclose(pre.model(x)[0], model(x)[0], atol=1e-6)
+
+
 def test_list_released_names_every_model_and_readme_figures():
     text = pt.list_released()
     for name in pt.RELEASED:

@@ -92,6 +92,7 @@ def test_unknown_preset_and_field_list_the_valid_ones():
     (dict(epochs=0), "epochs"),
     (dict(arch="vgg"), "arch"),
     (dict(lr_milestones=[5, 2]), "lr_milestones"),
+    (dict(head_temperature=-0.1), "head_temperature"),
 ])
 def test_bad_settings_are_refused(overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -176,6 +177,17 @@ def test_classroom_like_run_on_digits_learns_clusters(digits):
 @pytest.fixture(scope="module")
 def straight_run(digits):
     return train(_small(), digits, progress=False)
+
+
+def test_cosine_heads_train_and_resume_as_cosine_heads(digits, tmp_path):
+    config = _small(epochs=2, head_temperature=0.1, checkpoint_dir=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        train(config, digits, progress=False, callback=_interrupt_after(1))
+    resumed = train(config, digits, progress=False)
+    assert resumed.model.head_temperature == 0.1
+    assert _same_state(train(_small(epochs=2, head_temperature=0.1), digits, progress=False), resumed)
+    for step in resumed.label_steps():
+        assert step["converged"]
 
 
 def _interrupt_after(epoch):
