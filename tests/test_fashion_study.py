@@ -56,3 +56,11 @@ def test_every_arm_names_a_trainer_method_and_its_labels(study):
         config_from_preset("classroom", **arm.trainer)  # refuses an unknown setting
         assert arm.own_labels == (key in ("sela", "kmeans", "sela-rot"))
         assert arm.trains or not arm.own_labels  # an untrained network has no pseudo-labels of its own
+
+
+def test_rot_is_compared_with_sela_on_every_measure(study):
+    rows = [row("sela", s, 0.58, 87.0 + 0.1 * s, 88.0) for s in range(3)]
+    rows += [row("sela-rot", s, 0.60, 88.0 + 0.1 * s, 88.0 + 0.1 * s) for s in range(3)]
+    rot = [line for line in study.verdicts(rows) if line.startswith("SeLa+Rot")]
+    assert len(rot) == len(study.METRIC_NAMES) == 5
+    assert any("kNN accuracy (feature) by 1.0 points" in line for line in rot)
