@@ -13,7 +13,7 @@ Not part of the test suite. A quick check that it works::
 
     python benchmarks/bench_training.py --max-images 1024 --epochs 1
 
-The real measurement (about 5-10 minutes per epoch and method on 2 shared CPU cores)::
+The real measurement (about 2 minutes on 2 CPU cores: 2 epochs of each method)::
 
     SELA_DATA_ROOT=../shared/data python benchmarks/bench_training.py --epochs 2 --json results/bench_training.json
 
