@@ -159,6 +159,19 @@ def run_one(method: str, seed: int, overrides: dict, train_data, test_data, args
     return row
 
 
+def merged_rows(results: dict) -> list[dict]:
+    """The rows of one fashion_study.json, each method named with the ``--set`` overrides its run had
+    ("sela head_temperature=0.1"), so that an ablation merges as a variant of its method, not into it."""
+    tag = " ".join(results["settings"].get("set") or [])
+    return [{**row, "method": f"{row['method']} {tag}".strip()} for row in results["rows"]]
+
+
+def display_name(method: str) -> str:
+    """How verdicts name a method or a variant of one: "SeLa", "SeLa with head_temperature=0.1"."""
+    base, _, overrides = method.partition(" ")
+    return METHODS[base].name + (f" with {overrides}" if overrides else "")
+
+
 def summarise(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
     """Per method and metric: (mean, sample standard deviation; 0 for one seed)."""
     out = {}
@@ -172,20 +185,22 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
 
 
 def format_summary(summary: dict, seeds: int) -> str:
-    head = (f"{'method':<11} {'minutes':>8} {'NMI':>13} {'ARI':>13} {'kNN feat %':>12} {'kNN conv %':>12} "
+    width = max(11, *(len(method) + 1 for method in summary))
+    head = (f"{'method':<{width}} {'minutes':>8} {'NMI':>13} {'ARI':>13} {'kNN feat %':>12} {'kNN conv %':>12} "
             f"{'lin feat %':>12} {'lin conv %':>12}")
     lines = [f"mean ± std over {seeds} seed(s)", head, "-" * len(head)]
     for method, s in summary.items():
         cell = lambda k, f: f"{s[k][0]:{f}} ± {s[k][1]:{f}}"  # noqa: E731
-        lines.append(f"{method:<11} {s['train_minutes'][0]:>8.1f} {cell('nmi', '.3f'):>13} {cell('ari', '.3f'):>13} "
+        lines.append(f"{method:<{width}} {s['train_minutes'][0]:>8.1f} {cell('nmi', '.3f'):>13} {cell('ari', '.3f'):>13} "
                      f"{cell('knn_feature', '.1f'):>12} {cell('knn_conv', '.1f'):>12} "
                      f"{cell('linear_feature', '.1f'):>12} {cell('linear_conv', '.1f'):>12}")
     return "\n".join(lines)
 
 
 def verdicts(rows: list[dict]) -> list[str]:
-    """Sentences computed from the per-seed rows: SeLa's targets met or missed, SeLa+Rot against SeLa,
-    and SeLa against each baseline (means over seeds; a gap within the spread over seeds says so)."""
+    """Sentences computed from the per-seed rows: SeLa's targets met or missed, SeLa+Rot and every merged
+    variant (:func:`merged_rows`) against its method, and SeLa against each baseline (means over seeds; a
+    gap within the spread over seeds says so)."""
     methods = {r["method"] for r in rows}
     if "sela" not in methods:
         return []
@@ -198,12 +213,13 @@ def verdicts(rows: list[dict]) -> list[str]:
         unit, fmt = ("", ".3f") if kind == "nmi" else (" %", ".1f")
         out.append(f"SeLa {kind} {value:{fmt}}{unit} ({layer}): target {target:{fmt}}{unit} "
                    f"{'met' if value >= target else 'MISSED'}")
-    for a, b in (("sela-rot", "sela"), ("sela", "kmeans"), ("sela", "random")):
+    variants = [(m, m.partition(" ")[0]) for m in sorted(methods) if " " in m]  # an ablation against its method
+    for a, b in (("sela-rot", "sela"), *variants, ("sela", "kmeans"), ("sela", "random")):
         if a not in methods or b not in methods:
             continue
         for key in METRIC_NAMES:
             decimals, unit = (3, "") if key == "nmi" else (1, " points")
-            out.append(str(compare(METHODS[a].name, per_seed(a, key), METHODS[b].name, per_seed(b, key),
+            out.append(str(compare(display_name(a), per_seed(a, key), display_name(b), per_seed(b, key),
                                    metric=METRIC_NAMES[key], unit=unit, decimals=decimals)))
     return out
 
@@ -222,7 +238,7 @@ def write_results(out: Path, args, rows: list[dict]) -> None:
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.merge:
-        rows = [row for path in args.merge for row in json.loads(Path(path).read_text())["rows"]]
+        rows = [row for path in args.merge for row in merged_rows(json.loads(Path(path).read_text()))]
         summary = summarise(rows)
         print(format_summary(summary, len({r["seed"] for r in rows})))
         for method in summary:

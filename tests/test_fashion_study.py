@@ -64,3 +64,14 @@ def test_rot_is_compared_with_sela_on_every_measure(study):
     rot = [line for line in study.verdicts(rows) if line.startswith("SeLa+Rot")]
     assert len(rot) == len(study.METRIC_NAMES) == 5
     assert any("kNN accuracy (feature) by 1.0 points" in line for line in rot)
+
+
+def test_merged_ablation_is_a_variant_compared_with_its_method(study):
+    plain = {"settings": {"set": []}, "rows": [row("sela", s, 0.58, 87.0, 88.0) for s in range(2)]}
+    cosine = {"settings": {"set": ["head_temperature=0.1"]}, "rows": [row("sela", s, 0.63, 86.0, 88.0) for s in range(2)]}
+    rows = study.merged_rows(plain) + study.merged_rows(cosine)
+    assert {r["method"] for r in rows} == {"sela", "sela head_temperature=0.1"}
+    assert study.summarise(rows)["sela"]["nmi"][0] == pytest.approx(0.58)  # the variant is not mixed in
+    lines = study.verdicts(rows)
+    assert "SeLa with head_temperature=0.1 beats SeLa on NMI of the K = 10 head's labels by 0.050" in " ".join(lines)
+    assert "head_temperature=0.1" in study.format_summary(study.summarise(rows), 2)
