@@ -185,7 +185,7 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
 
 
 def format_summary(summary: dict, seeds: int) -> str:
-    width = max(11, *(len(method) + 1 for method in summary))
+    width = max([11, *(len(method) + 1 for method in summary)])
     head = (f"{'method':<{width}} {'minutes':>8} {'NMI':>13} {'ARI':>13} {'kNN feat %':>12} {'kNN conv %':>12} "
             f"{'lin feat %':>12} {'lin conv %':>12}")
     lines = [f"mean ± std over {seeds} seed(s)", head, "-" * len(head)]

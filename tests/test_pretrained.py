@@ -242,6 +242,16 @@ def test_kit_model_file_keeps_cosine_heads(tmp_path):
         assert torch.allclose(pre.model(x)[0], model(x)[0], atol=1e-6)
 
 
+def test_kit_checkpoint_with_only_its_config_is_rebuilt_at_its_image_size(tmp_path):
+    # a run at image_size 16 (the official CIFAR preset upsamples likewise) with cosine heads
+    model = build_model("smallcnn", num_heads=1, num_clusters=4, in_channels=1, image_size=16, head_temperature=0.2)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"config": {"dataset": "fashion-mnist", "arch": "smallcnn", "image_size": 16, "head_temperature": 0.2},
+                "state_dict": model.state_dict()}, path)
+    pre = pt.load_checkpoint_file(path)
+    assert pre.image_size == 16 and pre.model.head_temperature == 0.2
+
+
 def test_list_released_names_every_model_and_readme_figures():
     text = pt.list_released()
     for name in pt.RELEASED:
