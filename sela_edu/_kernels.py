@@ -38,7 +38,10 @@ import torch
 
 try:  # numba is a dependency of the kit; the torch path keeps the solver usable without it.
     import numba
-    from numba import njit, prange
+    from llvmlite import ir
+    from numba import njit, prange, types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only on installs without numba
@@ -57,39 +60,88 @@ _U_MIN = 1e-37
 
 if HAVE_NUMBA:
 
-    @njit(fastmath=True, cache=True)
-    def _exp_floor(v, out, ibits):  # pragma: no cover - compiled
-        """``out[j] = exp(max(v[j], -87))`` for ``v <= 0`` (about 0.1 above is fine): a vectorised polynomial.
+    @intrinsic
+    def _f32_bits(typingctx, bits):
+        """The float32 whose bit pattern is the low 32 bits of an integer (a register move, vectorisable)."""
+        if not isinstance(bits, types.Integer):
+            return None
 
-        exp(v) = 2^n * exp(f), n = round(v / ln 2), |f| <= ln2 / 2, exp(f) by its degree-6 Taylor polynomial
-        (relative error 2e-7); 2^n is built in the exponent bits of a float32 (n >= -126: never denormal).
+        def codegen(context, builder, signature, args):
+            v = args[0]
+            if v.type.width != 32:
+                v = builder.trunc(v, ir.IntType(32)) if v.type.width > 32 else builder.zext(v, ir.IntType(32))
+            return builder.bitcast(v, ir.FloatType())
+
+        return types.float32(bits), codegen
+
+    @intrinsic
+    def _i32_bits(typingctx, value):
+        """The bit pattern of a float32 as an int32 (for values >= 0 integers order as the floats do)."""
+        if value != types.float32:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.IntType(32))
+
+        return types.int32(value), codegen
+
+    @intrinsic
+    def _fmax(typingctx, a, b):
+        """max(a, b) of two float32 as LLVM's maxnum: one vmaxps once vectorised. numba's ``max`` and an
+        ``a if a > b else b`` on an array element become a masked store, microcoded and slow on AMD CPUs."""
+        if a != types.float32 or b != types.float32:
+            return None
+
+        def codegen(context, builder, signature, args):
+            f = ir.FloatType()
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f, [f, f]), "llvm.maxnum.f32")
+            return builder.call(fn, args)
+
+        return types.float32(types.float32, types.float32), codegen
+
+    @njit(fastmath=True, cache=True, inline="always")
+    def _exp_bits(x):  # pragma: no cover - compiled
+        """The float32 bits of ``exp(max(x, -87))`` for ``x <= 0`` (about 0.1 above is fine), vectorisable.
+
+        exp(x) = 2^n exp(f), n = round(x / ln 2), |f| <= ln2 / 2, exp(f) by its degree-6 Taylor polynomial
+        (relative error 2e-7), and 2^n added to the exponent bits: x >= -87 keeps the result normal.
         """
-        fb = ibits.view(np.float32)
-        for j in range(v.shape[0]):
-            x = max(v[j], np.float32(LOG_FLOOR))
-            ni = np.int32(x * np.float32(1.4426950408889634) - np.float32(0.5))  # truncation: x <= 0
-            n = np.float32(ni)
-            f = x - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
-            out[j] = np.float32(1.0) + f * (np.float32(1.0) + f * (np.float32(0.5) + f * (
-                np.float32(1 / 6) + f * (np.float32(1 / 24) + f * (np.float32(1 / 120) + f * np.float32(1 / 720))))))
-            ibits[j] = (ni + np.int32(127)) << np.int32(23)
-        for j in range(v.shape[0]):
-            out[j] *= fb[j]
+        x = _fmax(x, np.float32(LOG_FLOOR))
+        ni = np.int32(x * np.float32(1.4426950408889634) - np.float32(0.5))  # truncation: x <= 0
+        n = np.float32(ni)
+        f = x - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
+        p = np.float32(1.0) + f * (np.float32(1.0) + f * (np.float32(0.5) + f * (
+            np.float32(1 / 6) + f * (np.float32(1 / 24) + f * (np.float32(1 / 120) + f * np.float32(1 / 720))))))
+        return _i32_bits(p) + (ni << np.int32(23))
+
+    @njit(fastmath=True, cache=True, inline="always")
+    def _bf16(bits):  # pragma: no cover - compiled
+        # round to nearest even: the top 16 bits of a float32, rounded on the 17th (finite, positive inputs)
+        b = np.uint32(bits)
+        return np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
 
     @njit(fastmath=True, cache=True)
-    def _to_bf16(src, bits, dst):  # pragma: no cover - compiled
-        # round to nearest even: the top 16 bits of a float32, rounded on the 17th (inputs are finite, positive)
+    def _form_row(src, lam, r, col, keep, kept, out32, out16, half):  # pragma: no cover - compiled
+        """P_j = exp(lam src_j - r - col_j) into ``out16`` (bfloat16 bits) or ``out32``; ``keep`` gets lam src - r."""
         for j in range(src.shape[0]):
-            x = bits[j]
-            dst[j] = np.uint16((x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+            x = lam * src[j] - r
+            if kept:
+                keep[j] = x
+            bits = _exp_bits(x - col[j])
+            if half:
+                out16[j] = _bf16(bits)
+            else:
+                out32[j] = _f32_bits(bits)
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _form_block(S, lam, out32, out16, keep, nblocks):  # pragma: no cover - compiled
+    def _form_block(S, lam, out32, out16, keep, row_sum, half, kept, nblocks):  # pragma: no cover - compiled
         """One staged block of scores to its rows of P, in the block's own frame.
 
         x_ik = lam S_ik - max_j lam S_ij; c_k = max_i x_ik; P_ik = exp(max(x_ik - c_k, -87)), written to
-        ``out16`` (bfloat16 bits) when it has rows, else to ``out32``; ``keep`` (when it has rows) gets x.
-        Returns c (float32 K-vector). Two sweeps over S, which is small enough to stay in cache.
+        ``out16`` (bfloat16 bits) when ``half``, else to ``out32``; ``keep`` gets x when ``kept``.
+        ``row_sum`` receives each row's sum (float32), which is finite when the row is: the caller's check
+        for NaN and inf, at no extra read of S. Returns c (float32 K-vector). Two sweeps over S, which is
+        small enough to stay in cache.
         """
         m, k = S.shape
         row_max = np.empty(m, np.float32)
@@ -99,71 +151,49 @@ if HAVE_NUMBA:
             acc = partial[blk]
             for i in range(blk * step, min(m, (blk + 1) * step)):
                 row = S[i]
-                best = row[0]
-                for j in range(1, k):
-                    best = max(best, row[j])
+                best = np.float32(-np.inf)
+                tot = np.float32(0.0)
+                for j in range(k):
+                    best = _fmax(best, row[j])
+                    tot += row[j]
+                row_sum[i] = tot
                 r = lam * best
                 row_max[i] = r
                 for j in range(k):
-                    acc[j] = max(acc[j], lam * row[j] - r)
+                    acc[j] = _fmax(acc[j], lam * row[j] - r)
         col = partial[0].copy()
         for blk in range(1, nblocks):
             for j in range(k):
-                col[j] = max(col[j], partial[blk, j])
-        half = out16.shape[0] > 0
-        kept = keep.shape[0] > 0
+                col[j] = _fmax(col[j], partial[blk, j])
         for blk in prange(nblocks):
-            v = np.empty(k, np.float32)
-            e = np.empty(k, np.uint32)
-            ibits = np.empty(k, np.int32)
-            ef = e.view(np.float32)
             for i in range(blk * step, min(m, (blk + 1) * step)):
-                row = S[i]
-                r = row_max[i]
-                if kept:
-                    dst = keep[i]
-                    for j in range(k):
-                        x = lam * row[j] - r
-                        dst[j] = x
-                        v[j] = x - col[j]
-                else:
-                    for j in range(k):
-                        v[j] = lam * row[j] - r - col[j]
-                if half:
-                    _exp_floor(v, ef, ibits)
-                    _to_bf16(ef, e, out16[i])
-                else:
-                    _exp_floor(v, out32[i], ibits)
+                _form_row(S[i], lam, row_max[i], col, keep[i if kept else 0], kept,
+                          out32[0 if half else i], out16[i if half else 0], half)
         return col
 
+    @njit(fastmath=True, cache=True)
+    def _reform_row(src, A, out32, out16, half):  # pragma: no cover - compiled
+        best = np.float32(-np.inf)
+        for j in range(src.shape[0]):
+            best = _fmax(best, src[j] + A[j])
+        for j in range(src.shape[0]):
+            bits = _exp_bits(src[j] + A[j] - best)
+            if half:
+                out16[j] = _bf16(bits)
+            else:
+                out32[j] = _f32_bits(bits)
+        return best
+
     @njit(parallel=True, fastmath=True, cache=True)
-    def _reform_block(X, A, out32, out16, nblocks):  # pragma: no cover - compiled
+    def _reform_block(X, A, out32, out16, half, nblocks):  # pragma: no cover - compiled
         """P_ik = exp(max(X_ik + A_k - m_i, -87)), m_i = max_j (X_ij + A_j); returns sum_i m_i (float64)."""
         m, k = X.shape
         step = (m + nblocks - 1) // nblocks
         sums = np.zeros(nblocks, np.float64)
-        half = out16.shape[0] > 0
         for blk in prange(nblocks):
-            v = np.empty(k, np.float32)
-            e = np.empty(k, np.uint32)
-            ibits = np.empty(k, np.int32)
-            ef = e.view(np.float32)
             s = 0.0
             for i in range(blk * step, min(m, (blk + 1) * step)):
-                row = X[i]
-                best = np.float32(-np.inf)
-                for j in range(k):
-                    x = row[j] + A[j]
-                    v[j] = x
-                    best = max(best, x)
-                for j in range(k):
-                    v[j] -= best
-                s += best
-                if half:
-                    _exp_floor(v, ef, ibits)
-                    _to_bf16(ef, e, out16[i])
-                else:
-                    _exp_floor(v, out32[i], ibits)
+                s += _reform_row(X[i], A, out32[0 if half else i], out16[i if half else 0], half)
             sums[blk] = s
         return sums.sum()
 
@@ -264,6 +294,152 @@ if HAVE_NUMBA:
             logs[blk] = ls
         return partial, logs
 
+    # bfloat16 pairs: a row of K bfloat16 read as K/2 uint32 words; word j holds entry 2j in its low half
+    # and 2j+1 in its high half, so ``word << 16`` and ``word & HIGH`` are the two entries as float32 bits.
+    # Decoding in registers (no widened copy of the row) lets the pass run near the memory's speed.
+    _HIGH = np.uint32(0xFFFF0000)
+    _SHIFT = np.uint32(16)
+
+    @njit(fastmath=True, cache=True)
+    def _pairs4(r0, r1, r2, r3, blo, bhi, alo, ahi):  # pragma: no cover - compiled
+        """:func:`_rows4` on four rows of bfloat16 pairs, with b and the column sums split into even and odd."""
+        h = blo.shape[0]
+        u0 = np.float32(0.0)
+        u1 = np.float32(0.0)
+        u2 = np.float32(0.0)
+        u3 = np.float32(0.0)
+        for j in range(h):
+            bl = blo[j]
+            bh = bhi[j]
+            x = r0[j]
+            u0 += _f32_bits(x << _SHIFT) * bl + _f32_bits(x & _HIGH) * bh
+            x = r1[j]
+            u1 += _f32_bits(x << _SHIFT) * bl + _f32_bits(x & _HIGH) * bh
+            x = r2[j]
+            u2 += _f32_bits(x << _SHIFT) * bl + _f32_bits(x & _HIGH) * bh
+            x = r3[j]
+            u3 += _f32_bits(x << _SHIFT) * bl + _f32_bits(x & _HIGH) * bh
+        u0 = max(u0, np.float32(_U_MIN))
+        u1 = max(u1, np.float32(_U_MIN))
+        u2 = max(u2, np.float32(_U_MIN))
+        u3 = max(u3, np.float32(_U_MIN))
+        a0 = np.float32(1.0) / u0
+        a1 = np.float32(1.0) / u1
+        a2 = np.float32(1.0) / u2
+        a3 = np.float32(1.0) / u3
+        for j in range(h):  # the four rows are still in cache
+            w0 = r0[j]
+            w1 = r1[j]
+            w2 = r2[j]
+            w3 = r3[j]
+            alo[j] += (a0 * _f32_bits(w0 << _SHIFT) + a1 * _f32_bits(w1 << _SHIFT)
+                       + a2 * _f32_bits(w2 << _SHIFT) + a3 * _f32_bits(w3 << _SHIFT))
+            ahi[j] += (a0 * _f32_bits(w0 & _HIGH) + a1 * _f32_bits(w1 & _HIGH)
+                       + a2 * _f32_bits(w2 & _HIGH) + a3 * _f32_bits(w3 & _HIGH))
+        return _log_product(u0, u1, u2, u3)
+
+    @njit(fastmath=True, cache=True)
+    def _pair1(r, blo, bhi, alo, ahi):  # pragma: no cover - compiled
+        u = np.float32(0.0)
+        for j in range(blo.shape[0]):
+            u += _f32_bits(r[j] << _SHIFT) * blo[j] + _f32_bits(r[j] & _HIGH) * bhi[j]
+        u = max(u, np.float32(_U_MIN))
+        a = np.float32(1.0) / u
+        for j in range(blo.shape[0]):
+            alo[j] += a * _f32_bits(r[j] << _SHIFT)
+            ahi[j] += a * _f32_bits(r[j] & _HIGH)
+        return math.log(np.float64(u))
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _pass_pairs(W, E, seg_stop, w, nblocks):  # pragma: no cover - compiled
+        """:func:`_pass` for bfloat16 ``P`` with an even K, read as the n x K/2 uint32 words ``W``."""
+        n, h = W.shape
+        partial = np.zeros((nblocks, 2 * h), np.float32)
+        logs = np.zeros(nblocks, np.float64)
+        step = (n + nblocks - 1) // nblocks
+        for blk in prange(nblocks):
+            i0 = blk * step
+            i1 = min(n, i0 + step)
+            if i0 >= i1:
+                continue
+            out = partial[blk]
+            alo = np.zeros(h, np.float32)
+            ahi = np.zeros(h, np.float32)
+            blo = np.empty(h, np.float32)
+            bhi = np.empty(h, np.float32)
+            seg = np.searchsorted(seg_stop, i0, side="right")
+            ls = 0.0
+            i = i0
+            while i < i1:
+                while seg_stop[seg] <= i:
+                    seg += 1
+                for j in range(h):
+                    blo[j] = E[seg, 2 * j] * w[2 * j]
+                    bhi[j] = E[seg, 2 * j + 1] * w[2 * j + 1]
+                end = min(i1, seg_stop[seg])
+                while i + 4 <= end:
+                    ls += _pairs4(W[i], W[i + 1], W[i + 2], W[i + 3], blo, bhi, alo, ahi)
+                    i += 4
+                while i < end:
+                    ls += _pair1(W[i], blo, bhi, alo, ahi)
+                    i += 1
+                for j in range(h):
+                    out[2 * j] += alo[j] * blo[j]
+                    out[2 * j + 1] += ahi[j] * bhi[j]
+                    alo[j] = 0.0
+                    ahi[j] = 0.0
+            logs[blk] = ls
+        return partial, logs
+
+    @njit(fastmath=True, cache=True)
+    def _argmax_pair_row(r, blo, bhi):  # pragma: no cover - compiled
+        """First k maximising P_ik b_k on one row of bfloat16 pairs."""
+        h = blo.shape[0]
+        m = np.float32(-1.0)
+        first = 0
+        for c0 in range(0, h, 32):  # chunk maxima (vectorised); the first chunk holding the row's maximum
+            c1 = min(h, c0 + 32)
+            cm = np.float32(-1.0)
+            for j in range(c0, c1):
+                x = r[j]
+                cm = _fmax(cm, _fmax(_f32_bits(x << _SHIFT) * blo[j], _f32_bits(x & _HIGH) * bhi[j]))
+            if cm > m:
+                m = cm
+                first = c0
+        for j in range(first, min(h, first + 32)):  # its first entry equal to the maximum
+            x = r[j]
+            if _f32_bits(x << _SHIFT) * blo[j] == m:
+                return 2 * j
+            if _f32_bits(x & _HIGH) * bhi[j] == m:
+                return 2 * j + 1
+        return 2 * first
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _argmax_pairs(W, E, seg_stop, w, nblocks):  # pragma: no cover - compiled
+        n, h = W.shape
+        out = np.empty(n, np.int64)
+        step = (n + nblocks - 1) // nblocks
+        for blk in prange(nblocks):
+            i0 = blk * step
+            i1 = min(n, i0 + step)
+            if i0 >= i1:
+                continue
+            blo = np.empty(h, np.float32)
+            bhi = np.empty(h, np.float32)
+            seg = np.searchsorted(seg_stop, i0, side="right")
+            stale = True
+            for i in range(i0, i1):
+                while seg_stop[seg] <= i:
+                    seg += 1
+                    stale = True
+                if stale:
+                    for j in range(h):
+                        blo[j] = E[seg, 2 * j] * w[2 * j]
+                        bhi[j] = E[seg, 2 * j + 1] * w[2 * j + 1]
+                    stale = False
+                out[i] = _argmax_pair_row(W[i], blo, bhi)
+        return out
+
     @njit(parallel=True, fastmath=True, cache=True)
     def _argmax_f32(P, E, seg_stop, w, nblocks):  # pragma: no cover - compiled
         n, k = P.shape
@@ -347,24 +523,28 @@ def can_form(S: torch.Tensor, storage: torch.Tensor) -> bool:
             and storage.device.type == "cpu" and storage.dtype in (torch.float32, torch.bfloat16))
 
 
-_EMPTY32 = np.empty((0, 1), np.float32)
-_EMPTY16 = np.empty((0, 1), np.uint16)
+# stand-ins for the outputs a kernel call does not write (one row, so that row 0 exists)
+_EMPTY32 = np.empty((1, 1), np.float32)
+_EMPTY16 = np.empty((1, 1), np.uint16)
 
 
-def form_block(S: torch.Tensor, lam: float, out: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+def form_block(S: torch.Tensor, lam: float, out: torch.Tensor, keep: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
     """Write ``exp(lam S - row max - column max)`` (floored at e^-87) into ``out`` in one compiled call.
 
     ``out`` (float32 or bfloat16, same shape as ``S``) receives the rows of P in the block's own frame;
     ``keep`` (float32, or None) receives ``lam S - row max``. Returns the block's column maxima of the
-    latter (float32 K-vector): the block's frame.
+    latter (float32 K-vector: the block's frame) and whether every row sum of ``S`` is finite (when it is
+    not, a score is NaN or infinite, or a sum overflowed: the caller checks exactly).
     """
     Sn = S.numpy()
     half = out.dtype == torch.bfloat16
     out32 = _EMPTY32 if half else out.numpy()
     out16 = _as_numpy(out) if half else _EMPTY16
     keepn = keep.numpy() if keep is not None else _EMPTY32
-    col = _form_block(Sn, np.float32(lam), out32, out16, keepn, _num_blocks(S.shape[0], 128))
-    return torch.from_numpy(col)
+    sums = np.empty(S.shape[0], np.float32)
+    col = _form_block(Sn, np.float32(lam), out32, out16, keepn, sums, half, keep is not None,
+                      _num_blocks(S.shape[0], 128))
+    return torch.from_numpy(col), bool(np.isfinite(sums).all())
 
 
 def reform_block(X: torch.Tensor, A: torch.Tensor, out: torch.Tensor) -> float:
@@ -373,12 +553,18 @@ def reform_block(X: torch.Tensor, A: torch.Tensor, out: torch.Tensor) -> float:
         half = out.dtype == torch.bfloat16
         out32 = _EMPTY32 if half else out.numpy()
         out16 = _as_numpy(out) if half else _EMPTY16
-        return float(_reform_block(X.numpy(), A.numpy(), out32, out16, _num_blocks(X.shape[0], 128)))
+        return float(_reform_block(X.numpy(), A.numpy(), out32, out16, half, _num_blocks(X.shape[0], 128)))
     x = X + A
     m = x.amax(dim=1, keepdim=True)
     x.sub_(m).clamp_(min=LOG_FLOOR).exp_()
     out.copy_(x)
     return float(m.double().sum())
+
+
+def _pairs_view_ok(P: torch.Tensor) -> bool:
+    """Whether bfloat16 ``P`` can be read as uint32 words of two entries (even K, 4-byte aligned)."""
+    return (P.dtype == torch.bfloat16 and P.shape[1] % 2 == 0 and P.storage_offset() % 2 == 0
+            and P.data_ptr() % 4 == 0)
 
 
 def _as_numpy(P: torch.Tensor) -> np.ndarray:
@@ -401,8 +587,12 @@ def fused_pass(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torch.
     device for torch) and ``sum_i log(sum_k P_ik b_k)`` as a float.
     """
     if backend == "numba":
-        partial, logs = _pass(_as_numpy(P), E.numpy(), seg_stop, w.numpy(), _num_blocks(P.shape[0]),
-                              P.dtype == torch.bfloat16)
+        if _pairs_view_ok(P):
+            partial, logs = _pass_pairs(P.view(torch.int32).numpy().view(np.uint32), E.numpy(), seg_stop,
+                                        w.numpy(), _num_blocks(P.shape[0]))
+        else:
+            partial, logs = _pass(_as_numpy(P), E.numpy(), seg_stop, w.numpy(), _num_blocks(P.shape[0]),
+                                  P.dtype == torch.bfloat16)
         return torch.from_numpy(partial.sum(axis=0, dtype=np.float64)), float(logs.sum())
     mass = torch.zeros(P.shape[1], dtype=torch.float64, device=P.device)
     logsum = torch.zeros((), dtype=torch.float64, device=P.device)
@@ -420,6 +610,9 @@ def fused_pass(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torch.
 def argmax_scaled(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torch.Tensor, backend: str) -> torch.Tensor:
     """Row-wise argmax of ``P_ik b_k`` with ``b = E[segment] * w``: the hard labels of the transport plan."""
     if backend == "numba":
+        if _pairs_view_ok(P):
+            return torch.from_numpy(_argmax_pairs(P.view(torch.int32).numpy().view(np.uint32), E.numpy(), seg_stop,
+                                                  w.numpy(), _num_blocks(P.shape[0])))
         kernel = _argmax_bf16 if P.dtype == torch.bfloat16 else _argmax_f32
         return torch.from_numpy(kernel(_as_numpy(P), E.numpy(), seg_stop, w.numpy(), _num_blocks(P.shape[0])))
     # block by block: the product P * b would otherwise be a second N x K matrix

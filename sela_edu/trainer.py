@@ -439,7 +439,8 @@ def plain_loader(config: TrainConfig, data, batch_size: int, *, device=None, see
 def relabel(model: nn.Module, data, *, lam: float = 10.0, batch_size: int = 512, device=None,
             storage_dtype: torch.dtype | str = torch.float32, tol: float = 1e-3, max_iter: int = 1000,
             amp: bool = False, progress: bool = False, loader=None, timings: dict | None = None,
-            heads: list[int] | None = None, init: list | None = None, train_mode: bool = False) -> list:
+            heads: list[int] | None = None, init: list | None = None, train_mode: bool = False,
+            buffers: dict | None = None) -> list:
     """Optimise labels for the heads of ``model`` on ``data`` (SeLa's step 1).
 
     Scores every image once, streaming each batch into one :class:`~sela_edu.sinkhorn.ScoreBuffer` per
@@ -455,6 +456,8 @@ def relabel(model: nn.Module, data, *, lam: float = 10.0, batch_size: int = 512,
     ``init``: one cluster potential (or None) per solved head, from an earlier optimisation of the same
     head: a warm start, which reaches the same labels in fewer passes. ``timings``, when given, receives
     ``score_seconds``, ``solve_seconds`` and ``head_seconds`` (one per solved head).
+    ``buffers``: a dict the caller keeps between calls (head -> ScoreBuffer); a head's buffer is reset and
+    refilled when its shape still fits, so P's memory is not allocated (and first touched) again each time.
     """
     from .sinkhorn import ScoreBuffer, self_label
 
@@ -477,7 +480,15 @@ def relabel(model: nn.Module, data, *, lam: float = 10.0, batch_size: int = 512,
     net.train(train_mode)
     _sync(device)
     t0 = time.perf_counter()
-    buffers = [ScoreBuffer(rows, all_ks[h], lam, storage_dtype=storage_dtype, device=device) for h in heads]
+    kept = {} if buffers is None else buffers
+    for h in heads:
+        old = kept.get(h)
+        if (old is not None and (old.num_rows, old.num_clusters, old.lam, old.storage.dtype, old.device)
+                == (rows, all_ks[h], float(lam), storage_dtype, device)):
+            old.reset()
+        else:
+            kept[h] = ScoreBuffer(rows, all_ks[h], lam, storage_dtype=storage_dtype, device=device)
+    buffers = [kept[h] for h in heads]
     seen: list[torch.Tensor] = []
     for x, index in _progress(_kept_batches(loader), progress, "scoring", total=len(loader)):
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
@@ -638,6 +649,7 @@ class _Loop:
     has_optimised: bool = False
     history: list[dict] = field(default_factory=list)
     last_results: list | None = None
+    score_buffers: dict = field(default_factory=dict)  # head -> ScoreBuffer reused on the CPU (not saved)
 
 
 @dataclass
@@ -917,7 +929,8 @@ def _label_step(s: _Setup, loop: _Loop) -> tuple[dict, list[dict], dict | None]:
         results = relabel(s.model, s.data, lam=config.lam, device=s.device, storage_dtype=config.storage_dtype,
                           tol=config.sinkhorn_tol, max_iter=config.sinkhorn_max_iter, amp=s.use_amp,
                           loader=s.score_loader, timings=part, heads=heads, init=init,
-                          train_mode=config.score_mode == "augmented")
+                          train_mode=config.score_mode == "augmented",
+                          buffers=loop.score_buffers if s.device.type == "cpu" else None)
         new = previous.clone()
         for h, start, result, seconds in zip(heads, init, results, part["head_seconds"]):
             new[h] = result.labels.cpu()

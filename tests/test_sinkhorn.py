@@ -170,6 +170,30 @@ def test_streaming_equals_one_shot(monkeypatch):
     assert (self_label(buf2, tol=1e-6).labels == one_shot.labels).float().mean() >= 0.999
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reset_buffer_refills_its_own_memory_and_solves_as_a_new_one(dtype, monkeypatch):
+    monkeypatch.setattr(sk, "_STAGE_BYTES", 64 * 40 * 4)  # several blocks, so stale block frames would show
+    n, k, lam = 2000, 40, 10.0
+    first, second = random_scores(n, k, 3.0, seed=21), random_scores(n, k, 3.0, seed=22)
+    buf = ScoreBuffer(n, k, lam, storage_dtype=dtype)
+    buf.add(first)
+    self_label(buf)
+    with pytest.raises(ValueError, match="reset"):
+        buf.add(second)
+    where = buf.storage.data_ptr()
+    buf.reset()
+    for start in range(0, n, 300):
+        buf.add(second[start : start + 300])
+    reused = self_label(buf, tol=1e-6)
+    fresh = ScoreBuffer(n, k, lam, storage_dtype=dtype)
+    fresh.add(second)
+    expected = self_label(fresh, tol=1e-6)
+    assert buf.storage.data_ptr() == where
+    assert torch.equal(reused.labels, expected.labels)
+    assert torch.allclose(reused.cluster_potential - reused.cluster_potential.mean(),
+                          expected.cluster_potential - expected.cluster_potential.mean(), atol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_storage_matches_float32(dtype):
     scores = random_scores(20000, 128, 1.0, seed=6)
@@ -177,6 +201,45 @@ def test_half_storage_matches_float32(dtype):
     half = self_label(scores, 25.0, storage_dtype=dtype)
     assert half.converged
     assert (full.labels == half.labels).float().mean() >= 0.998
+
+
+@pytest.mark.parametrize("k", [64, 63])  # even K: bfloat16 read as pairs of entries; odd K: widened rows
+def test_bfloat16_pass_equals_the_float32_pass_on_the_same_values(k):
+    from sela_edu import _kernels
+
+    n = 4099  # rows in blocks of four and a remainder, in three segments with their own factors
+    g = torch.Generator().manual_seed(24)
+    P = torch.rand(n, k, generator=g).pow(8).to(torch.bfloat16)
+    E = torch.rand(3, k, generator=g) + 0.1
+    stops = np.array([1001, 2050, n], dtype=np.int64)
+    w = torch.rand(k, generator=g) + 0.1
+    b = (E[torch.repeat_interleave(torch.arange(3), torch.from_numpy(np.diff(stops, prepend=0)))] * w).double()
+    q = P.double() * b
+    u = q.sum(dim=1)
+    exact_mass, exact_log = (q / u[:, None]).sum(dim=0), float(u.log().sum())
+    for backend in ("numba", "torch"):
+        for storage in (P, P.float()):
+            mass, logsum = _kernels.fused_pass(storage, E, stops, w, backend)
+            assert torch.allclose(mass.double().cpu(), exact_mass, rtol=1e-5), (backend, storage.dtype)
+            assert abs(logsum - exact_log) <= 1e-3, (backend, storage.dtype)
+
+
+@pytest.mark.parametrize("k", [64, 63])
+def test_compiled_argmax_takes_the_first_largest_entry_of_each_scaled_row(k):
+    from sela_edu import _kernels
+
+    n = 3001
+    g = torch.Generator().manual_seed(25)
+    P = torch.rand(n, k, generator=g).mul(4).floor().div(4).to(torch.bfloat16)  # many ties within a row
+    stops = np.array([1000, n], dtype=np.int64)
+    for E, w in [(torch.rand(2, k, generator=g) + 0.5, torch.rand(k, generator=g) + 0.5),
+                 (torch.ones(2, k), torch.ones(k))]:
+        w[5] = 0.0  # a cluster with a zero prior: its products are 0
+        b = E[torch.repeat_interleave(torch.arange(2), torch.from_numpy(np.diff(stops, prepend=0)))] * w
+        expected = (P.float() * b).argmax(dim=1)  # torch returns the first of equal maxima
+        for storage in (P, P.float()):
+            got = _kernels.argmax_scaled(storage, E, stops, w, "numba")
+            assert torch.equal(got, expected), storage.dtype
 
 
 def test_numba_and_torch_backends_agree():
@@ -436,6 +499,30 @@ def test_bad_input_raises(kwargs, match):
     kwargs.setdefault("lam", 10.0)
     with pytest.raises(ValueError, match=match):
         self_label(**kwargs)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_large_blocks_checked_in_the_kernel_refuse_non_finite_scores_and_keep_nothing(bad, monkeypatch):
+    # blocks of a large float32 tensor are formed straight from it, and checked while they are read
+    monkeypatch.setattr(sk, "_STAGE_BYTES", 64 * 8 * 4)
+    n, k = 1000, 8
+    scores = random_scores(n, k, 2.0, seed=23)
+    buf = ScoreBuffer(n, k, 10.0)
+    buf.add(scores[:100])
+    poisoned = scores[100:].clone()
+    poisoned[500, 3] = bad  # in the third block of the call: two blocks are formed before it is seen
+    with pytest.raises(ValueError, match="1 non-finite"):
+        buf.add(poisoned)
+    assert buf.filled + buf._staged == 100
+    buf.add(scores[100:])
+    fresh = ScoreBuffer(n, k, 10.0)
+    fresh.add(scores)
+    assert torch.equal(self_label(buf, tol=1e-6).labels, self_label(fresh, tol=1e-6).labels)
+    huge = torch.full((200, k), 3e38)  # finite scores whose row sums overflow are accepted
+    huge[:, 0] = 0.0
+    ok = ScoreBuffer(200, k, 1e-38)
+    ok.add(huge)
+    assert ok.filled + ok._staged == 200
 
 
 def test_score_buffer_refuses_wrong_use():

@@ -294,6 +294,14 @@ def test_label_steps_report_health_and_warm_start_after_the_first(digits):
     for c, w in zip(cold, warm):
         assert w.passes < c.passes, (w.passes, c.passes)
         assert (c.labels == w.labels).float().mean() >= 0.99
+    # a caller's dict of buffers is refilled in place (P's memory is not allocated again), same labels
+    kept: dict = {}
+    first = relabel(result.model, data, lam=10.0, tol=1e-4, buffers=kept)
+    where = {h: b.storage.data_ptr() for h, b in kept.items()}
+    again = relabel(result.model, data, lam=10.0, tol=1e-4, buffers=kept)
+    assert sorted(kept) == list(range(len(cold))) and {h: b.storage.data_ptr() for h, b in kept.items()} == where
+    for c, a, b in zip(cold, first, again):
+        assert torch.equal(a.labels, b.labels) and torch.equal(a.labels, c.labels)
     assert not any(r["warm"] for r in train(_small(epochs=1, nopts=2, warm_start=False), digits,
                                             progress=False).label_steps())
 
