@@ -43,7 +43,8 @@ try:  # numba is a dependency of the kit; the torch path keeps the solver usable
     from numba.core import cgutils
     from numba.extending import intrinsic
 
-    HAVE_NUMBA = True
+    # with NUMBA_DISABLE_JIT the kernels would run as Python loops (and the intrinsics not at all)
+    HAVE_NUMBA = not numba.config.DISABLE_JIT
 except ImportError:  # pragma: no cover - exercised only on installs without numba
     HAVE_NUMBA = False
 
@@ -607,6 +608,31 @@ def fused_pass(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torch.
     return mass, float(logsum)
 
 
+def hessian_pass(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torch.Tensor
+                 ) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """:func:`fused_pass` plus ``sum_i q_i q_i^T`` (K x K, float64), q_i the row-normalised plan's row i.
+
+    Blocks of rows are scaled and normalised in float32 and their Gram matrices (one matrix product each,
+    O(N K^2) work in all) added in float64; what Newton's method needs besides the gradient.
+    """
+    k = P.shape[1]
+    mass = torch.zeros(k, dtype=torch.float64, device=P.device)
+    gram = torch.zeros(k, k, dtype=torch.float64, device=P.device)
+    logsum = torch.zeros((), dtype=torch.float64, device=P.device)
+    start = 0
+    for seg, stop in enumerate(seg_stop.tolist()):
+        b = (E[seg] * w).to(P.device)
+        for block in _torch_blocks(P[start:stop], whole=False):
+            q = block * b
+            u = q.sum(dim=1).clamp_(min=_U_MIN)
+            logsum += u.log().double().sum()
+            q /= u[:, None]
+            mass += q.sum(dim=0).double()
+            gram += (q.t() @ q).double()
+        start = stop
+    return mass, float(logsum), gram
+
+
 def argmax_scaled(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torch.Tensor, backend: str) -> torch.Tensor:
     """Row-wise argmax of ``P_ik b_k`` with ``b = E[segment] * w``: the hard labels of the transport plan."""
     if backend == "numba":
@@ -631,4 +657,4 @@ def _torch_blocks(P: torch.Tensor, whole: bool = True):
         return
     rows = max(1, _TORCH_BLOCK_BYTES // (4 * P.shape[1]))
     for start in range(0, P.shape[0], rows):
-        yield P[start : start + rows].float()  # a view when P is already float32
+        yield P[start : start + rows].float()  # a view when P is already float32: callers do not write it

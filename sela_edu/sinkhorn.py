@@ -24,7 +24,11 @@ What this module adds to the textbook algorithm, and why:
   (as the trainer produces them), turns each block into its part of ``P`` at once and stores it in
   float32, bfloat16 or float16. A float32 N x K matrix never has to exist: the peak is one N x K matrix in
   the storage dtype plus vectors.
-* **One pass over P per iteration** (see :mod:`sela_edu._kernels`).
+* **Few passes on real scores.** The rows of the plan are exact after every row rescaling, so the problem
+  is a smooth convex one in the K cluster potentials alone (the semi-dual). L-BFGS on it needs tens of
+  passes where Sinkhorn-Knopp needs hundreds to thousands; up to 256 clusters Newton's method with the
+  exact K x K Hessian takes over near the optimum and finishes in a few.
+* **One pass over P per evaluation** (see :mod:`sela_edu._kernels`).
 * **Distributed.** When ``torch.distributed`` is initialised each rank holds its own rows; the only
   communication is an all-reduce of K-vectors (column maxima once, column sums every iteration). Every
   rank takes the same decisions, so all ranks stop together.
@@ -54,7 +58,7 @@ __all__ = [
 ]
 
 STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-METHODS = ("lbfgs", "sinkhorn")
+METHODS = ("auto", "lbfgs", "sinkhorn")
 # Rows turned into P at a time: large enough for the kernels to run at speed, small enough to stay in L3.
 _STAGE_BYTES = 8 * 2**20
 # Entries of P below e^-87 (less than 1e-38 of their row's and column's largest, so they weigh nothing) are
@@ -72,6 +76,15 @@ _ABSORB_NATS = 40.0
 _MAX_SPREAD_NATS = 60.0
 # Curvature pairs kept by L-BFGS.
 _LBFGS_MEMORY = 20
+# Newton's method: steps longer than this (in nats of any cluster potential) are shortened
+_NEWTON_STEP_NATS = 8.0
+# The automatic method takes Newton's up to this many clusters: its pass adds a K x K Gram matrix, O(N K^2)
+# work, which beyond a few hundred clusters costs more than the passes it saves
+NEWTON_MAX_CLUSTERS = 256
+# ... and hands over from L-BFGS to Newton's method once every cluster mass is within this of its target
+_NEWTON_BELOW = 0.3
+# ... and back to L-BFGS if this many Newton passes have not halved the error (a problem too sharp for it)
+_NEWTON_PATIENCE = 6
 
 
 @dataclass
@@ -79,8 +92,8 @@ class SelfLabelResult:
     """What one head's label optimisation produced."""
 
     labels: torch.Tensor  #: int64, one cluster id per row, on the device of the scores
-    #: optimisation steps: Sinkhorn-Knopp iterations (``method="sinkhorn"``), or quasi-Newton iterations plus
-    #: any Sinkhorn steps taken after a stalled line search (``method="lbfgs"``)
+    #: optimisation steps: Sinkhorn-Knopp iterations (``method="sinkhorn"``), or the accepted quasi-Newton and
+    #: Newton steps plus any Sinkhorn steps taken after a stalled line search
     iterations: int
     error: float  #: largest relative deviation of a cluster's mass from its target, at the returned potentials
     converged: bool  #: whether ``error <= tol`` was reached within ``max_iter`` passes
@@ -90,13 +103,13 @@ class SelfLabelResult:
     cluster_potential: torch.Tensor
     #: how many times P was rebuilt with the scalings absorbed (only for very sharp problems)
     rebuilds: int = 0
-    #: full passes over P that computed cluster masses (one per Sinkhorn iteration or L-BFGS evaluation). The
+    #: full passes over P that computed cluster masses (one per Sinkhorn iteration or evaluation). The
     #: final pass that takes the labels (the argmax) and any rebuilds of P are not counted: P is read
     #: ``passes + 1`` times after it is formed.
     passes: int = 0
     #: the cluster-mass error after each check (every pass for L-BFGS, every ``check_every`` for Sinkhorn)
     errors: list = field(default_factory=list)
-    method: str = "lbfgs"  #: the optimiser that produced it
+    method: str = "lbfgs"  #: the optimiser that produced it: "lbfgs", "lbfgs+newton" or "sinkhorn"
 
     def __repr__(self) -> str:
         sizes = self.cluster_sizes
@@ -437,15 +450,27 @@ class _SemiDual:
 
     def __call__(self, L: torch.Tensor) -> tuple[float, torch.Tensor]:
         """``(F(L), mass(L))`` from one pass over P (rebuilding P first when L has drifted very far)."""
+        return self._evaluate(L, hessian=False)[:2]
+
+    def with_hessian(self, L: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """``(F(L), mass(L), Hessian(L))`` from one pass over P; the Hessian is K x K (float64)."""
+        return self._evaluate(L, hessian=True)
+
+    def _evaluate(self, L: torch.Tensor, hessian: bool):
         self.settle(L, _MAX_SPREAD_NATS)
         d = L - self.A
         s = float(d[self.active].max())
         w = torch.where(self.active, (d - s).exp(), d.new_zeros(())).float()
-        mass, logsum = _kernels.fused_pass(self.P, self.E, self.stops, w, self.backend)
+        if hessian:
+            mass, logsum, gram = _kernels.hessian_pass(self.P, self.E, self.stops, w)
+        else:
+            mass, logsum = _kernels.fused_pass(self.P, self.E, self.stops, w, self.backend)
         self.passes += 1
-        packed = torch.cat([mass.to(self.vec_device, torch.float64),
-                            torch.tensor([logsum + self.buffer.num_rows * s + self.M], dtype=torch.float64,
-                                         device=self.vec_device)])
+        parts = [mass.to(self.vec_device, torch.float64),
+                 torch.tensor([logsum + self.buffer.num_rows * s + self.M], dtype=torch.float64, device=self.vec_device)]
+        if hessian:
+            parts.append(gram.to(self.vec_device).flatten())
+        packed = torch.cat(parts)
         if self.distributed:
             packed = _all_reduce(packed.to(self.P.device), torch.distributed.ReduceOp.SUM).to(self.vec_device)
         if not torch.isfinite(packed).all():
@@ -453,9 +478,14 @@ class _SemiDual:
                 f"the label step broke down at pass {self.passes}: a cluster mass is not finite. The scores are "
                 f"too sharp for lam={self.buffer.lam:g} or the prior has zeros some images cannot avoid: lower lam"
             )
+        k = len(self.target)
         L_act = torch.where(self.active, L, L.new_zeros(()))
-        F = float(packed[-1]) - float((self.target * L_act).sum())
-        return F, packed[:-1]
+        F = float(packed[k]) - float((self.target * L_act).sum())
+        mass = packed[:k]
+        if not hessian:
+            return F, mass, None
+        # F's Hessian: diag(mass) - sum_i q_i q_i^T
+        return F, mass, torch.diag(mass) - packed[k + 1:].view(k, k)
 
     def scalings(self, L: torch.Tensor) -> torch.Tensor:
         d = L - self.A
@@ -483,7 +513,7 @@ def _run_sinkhorn(sd: _SemiDual, L: torch.Tensor, *, tol, max_iter, check_every,
     return L, error, converged, it
 
 
-def _run_lbfgs(sd: _SemiDual, L0: torch.Tensor, *, tol, max_iter, errors):
+def _run_lbfgs(sd: _SemiDual, L0: torch.Tensor, *, tol, max_iter, errors, newton_below: float = 0.0):
     """Quasi-Newton (SciPy's L-BFGS-B) on the semi-dual, stopped by the cluster-mass rule.
 
     Every evaluation is one pass over P. Near a tight tolerance the float32 sums make F too noisy for a
@@ -497,6 +527,7 @@ def _run_lbfgs(sd: _SemiDual, L0: torch.Tensor, *, tol, max_iter, errors):
     base = L0.clone()
     best = {"error": math.inf, "L": L0.clone(), "mass": None}
     steps = [0]
+    switch = [False]
 
     def full(x) -> torch.Tensor:
         L = base.clone()
@@ -516,6 +547,9 @@ def _run_lbfgs(sd: _SemiDual, L0: torch.Tensor, *, tol, max_iter, errors):
         error = record(L, mass)
         if error <= tol or sd.passes >= max_iter:
             raise _Stop
+        if error <= newton_below:
+            switch[0] = True
+            raise _Stop
         grad = ((mass - sd.target)[act] / n_total).cpu().numpy()
         return F / n_total, grad
 
@@ -533,22 +567,95 @@ def _run_lbfgs(sd: _SemiDual, L0: torch.Tensor, *, tol, max_iter, errors):
             if not best["error"] < 0.5 * start_error:
                 break  # no headway: the line search is defeated by rounding noise
             x = best["L"][act].cpu().numpy()
-        # Sinkhorn steps from the best point until converged or out of passes
-        L, mass = best["L"], best["mass"]
-        while True:
-            L = torch.where(act, L + (sd.target / mass.clamp_min(1e-300)).log(), L)
-            steps[0] += 1
-            sd.settle(L)
-            _, mass = sd(L)
-            error = record(L, mass)
-            if error <= tol or sd.passes >= max_iter:
-                break
+        steps[0] += _finish_with_sinkhorn(sd, best, record, tol=tol, max_iter=max_iter)
     except _Stop:
         pass
+    if switch[0]:  # close enough for Newton's quadratic model: it usually finishes in a few passes
+        L, error, converged, more = _run_newton(sd, best["L"], tol=tol, max_iter=max_iter, errors=errors,
+                                                patience=_NEWTON_PATIENCE)
+        if converged or sd.passes >= max_iter:
+            return L, error, converged, steps[0] + more
+        # a problem so sharp that the quadratic model misleads: back to L-BFGS from the best point
+        L, error, converged, more_lbfgs = _run_lbfgs(sd, L, tol=tol, max_iter=max_iter, errors=errors)
+        return L, error, converged, steps[0] + more + more_lbfgs
+    return _best_point(sd, best, tol, steps[0])
+
+
+def _finish_with_sinkhorn(sd: _SemiDual, best: dict, record, *, tol, max_iter) -> int:
+    """Sinkhorn steps from the best point until converged or out of passes (they need no line search)."""
+    L, mass, steps = best["L"], best["mass"], 0
+    while True:
+        L = torch.where(sd.active, L + (sd.target / mass.clamp_min(1e-300)).log(), L)
+        steps += 1
+        sd.settle(L)
+        _, mass = sd(L)
+        error = record(L, mass)
+        if error <= tol or sd.passes >= max_iter:
+            return steps
+
+
+def _best_point(sd: _SemiDual, best: dict, tol: float, steps: int):
     L, error = best["L"], best["error"]
     if sd.buffer.log_scores is None and sd.spread(L) > _MAX_SPREAD_NATS:
         _too_sharp(sd, L, sd.passes)
-    return L, error, error <= tol, steps[0]
+    return L, error, error <= tol, steps
+
+
+def _run_newton(sd: _SemiDual, L: torch.Tensor, *, tol, max_iter, errors, patience: int | None = None):
+    """Newton's method on the semi-dual, each pass giving F, its gradient and its K x K Hessian.
+
+    The Hessian ``diag(mass) - sum_i q_i q_i^T`` is exact, so near the optimum the error falls
+    quadratically. Far from it (a confident network: few images sit at a cluster's boundary, the
+    quadratic model holds only close by) the step is damped, Levenberg-Marquardt style: the system
+    ``H + damping * diag(mass)`` moves from Newton's step towards a short Sinkhorn-like step ``-g / mass``
+    after every step that fails to lower F, and back after every success. Steps are also capped at
+    ``_NEWTON_STEP_NATS``. F is flat along a common shift of all potentials; a tiny ridge makes the
+    system solvable without changing the step elsewhere. With ``patience``, it gives up (unconverged) when
+    that many passes have not halved the error it started from.
+    """
+    act = sd.active
+    first_pass = sd.passes
+    best = {"error": math.inf, "L": L.clone(), "mass": None}
+
+    def record(L, mass) -> float:
+        error = marginal_error(mass, sd.target)
+        errors.append(error)
+        if error < best["error"]:
+            best.update(error=error, L=L, mass=mass)
+        return error
+
+    steps, damping = 0, 0.0
+    F, mass, H = sd.with_hessian(L)
+    if record(L, mass) <= tol:
+        return _best_point(sd, best, tol, steps)
+    start_error = best["error"]
+    while sd.passes < max_iter:
+        if patience is not None and sd.passes - first_pass >= patience and best["error"] > 0.5 * start_error:
+            break
+        g = (mass - sd.target)[act]
+        h = H[act][:, act] + torch.diag(damping * mass[act])
+        ridge = 1e-9 * float(h.diagonal().abs().mean()) + 1e-300
+        d = -torch.linalg.solve(h + ridge * torch.eye(len(g), dtype=h.dtype, device=h.device), g)
+        if not float(g @ d) < 0:  # no descent direction left (rounding): Sinkhorn steps finish the job
+            steps += _finish_with_sinkhorn(sd, best, record, tol=tol, max_iter=max_iter)
+            return _best_point(sd, best, tol, steps)
+        d *= min(1.0, _NEWTON_STEP_NATS / float(d.abs().max()))
+        trial = L.clone()
+        trial[act] += d
+        F_new, mass_new, H_new = sd.with_hessian(trial)
+        if record(trial, mass_new) <= tol:
+            return _best_point(sd, best, tol, steps + 1)
+        if F_new <= F + 1e-4 * float(g @ d):
+            L, F, mass, H = trial, F_new, mass_new, H_new
+            steps += 1
+            damping = damping / 4 if damping > 1e-3 else 0.0
+            sd.settle(L)
+        elif damping > 1e12:  # F too noisy in float32 to see a decrease: Sinkhorn steps finish the job
+            steps += _finish_with_sinkhorn(sd, best, record, tol=tol, max_iter=max_iter)
+            return _best_point(sd, best, tol, steps)
+        else:
+            damping = max(4 * damping, 0.25)
+    return _best_point(sd, best, tol, steps)
 
 
 def _too_sharp(sd: _SemiDual, L: torch.Tensor, where: int):
@@ -591,7 +698,12 @@ def _solve_one(
     L = sd.A.clone() if init is None else init.to(vec_device)
     L = torch.where(sd.active, L, torch.full_like(L, -math.inf))
     errors: list[float] = []
-    if method == "sinkhorn":
+    if method == "auto":
+        method = "lbfgs+newton" if int(sd.active.sum()) <= NEWTON_MAX_CLUSTERS else "lbfgs"
+    if method == "lbfgs+newton":
+        L, error, converged, iterations = _run_lbfgs(sd, L, tol=tol, max_iter=max_iter, errors=errors,
+                                                     newton_below=_NEWTON_BELOW)
+    elif method == "sinkhorn":
         L, error, converged, iterations = _run_sinkhorn(sd, L, tol=tol, max_iter=max_iter, check_every=check_every,
                                                         errors=errors)
     else:
@@ -623,7 +735,7 @@ def self_label(
     distributed: bool | None = None,
     backend: str = "auto",
     keep_scores: bool | None = None,
-    method: str = "lbfgs",
+    method: str = "auto",
     init=None,
 ):
     """Pseudo-labels for N images from network scores, with equal-sized clusters (SeLa's label step).
@@ -659,9 +771,13 @@ def self_label(
         For a score matrix: keep a float32 copy of the scaled scores so that very sharp problems are
         solved exactly (see :class:`ScoreBuffer`). ``None``: when that copy costs at most 2 GB.
     method:
-        ``"lbfgs"`` (default): quasi-Newton on the K cluster potentials, tens of passes on real network
-        scores. ``"sinkhorn"``: the classic Sinkhorn-Knopp iteration, hundreds to thousands of passes on
-        the same scores; kept for teaching and comparison.
+        ``"lbfgs"``: quasi-Newton on the K cluster potentials, tens of passes on real network scores,
+        O(N K) work each. ``"auto"`` (default): the same up to 256 clusters until every cluster mass is
+        within 30 % of its target, then Newton's method with the exact K x K Hessian (reported as
+        ``"lbfgs+newton"``), which halves the passes on real scores (its passes also form a K x K Gram
+        matrix, O(N K^2) work, which is why larger K stay with L-BFGS). ``"sinkhorn"``: the classic
+        Sinkhorn-Knopp iteration, hundreds to thousands of passes on the same scores; kept for teaching
+        and comparison.
     init:
         Warm start: a float64 K-vector of cluster potentials, e.g. the previous label optimisation's
         ``result.cluster_potential`` (a list of them, one per head, when ``scores`` is a list).

@@ -325,6 +325,52 @@ def test_recorded_network_scores_converge_cold_in_few_passes(name, scores, lam):
     assert agreement >= 0.998, f"{name}: only {agreement:.4%} of labels agree with the float64 solve"
 
 
+@pytest.mark.skipif(not RECORDED, reason="no recorded scores in benchmarks/scores")
+def test_newton_finish_halves_the_passes_of_lbfgs_on_recorded_scores():
+    # L-BFGS reaches 30 % quickly and then creeps; Newton's exact Hessian finishes in a few passes
+    for name, scores, lam in RECORDED:
+        auto = self_label(scores, lam)
+        lbfgs = self_label(scores, lam, method="lbfgs")
+        assert auto.method == "lbfgs+newton" and lbfgs.method == "lbfgs"
+        assert auto.converged and auto.passes <= 20, (name, auto.passes)
+        assert 2 * auto.passes <= lbfgs.passes + 3, (name, auto.passes, lbfgs.passes)
+        assert (auto.labels == lbfgs.labels).float().mean() >= 0.998
+
+
+def test_hessian_pass_is_the_semi_duals_exact_hessian():
+    from sela_edu import _kernels
+
+    g = torch.Generator().manual_seed(26)
+    n, k = 5003, 12
+    P = torch.rand(n, k, generator=g).pow(4)
+    E = torch.rand(2, k, generator=g) + 0.5
+    stops = np.array([2000, n], dtype=np.int64)
+    w = torch.rand(k, generator=g) + 0.5
+    b = (E[torch.repeat_interleave(torch.arange(2), torch.from_numpy(np.diff(stops, prepend=0)))] * w).double()
+    q = P.double() * b
+    q /= q.sum(dim=1, keepdim=True)
+    for storage in (P, P.to(torch.bfloat16)):
+        mass, logsum, gram = _kernels.hessian_pass(storage, E, stops, w)
+        fast_mass, fast_log = _kernels.fused_pass(storage, E, stops, w, "torch")
+        exact = storage.double() * b
+        exact_q = exact / exact.sum(dim=1, keepdim=True)
+        assert torch.allclose(gram, exact_q.t() @ exact_q, rtol=1e-5)
+        assert torch.allclose(mass, fast_mass.double(), rtol=1e-5) and abs(logsum - fast_log) < 1e-3
+    # and the solver's Hessian is F's: diag(mass) - sum_i q_i q_i^T, checked by finite differences of mass
+    buf = ScoreBuffer(n, k, 1.0)
+    buf.add(P.log())
+    sd = sk._SemiDual(buf, buf.finalise(), "torch", torch.device("cpu"), torch.full((k,), n / k, dtype=torch.float64),
+                      False)
+    L = torch.randn(k, generator=g, dtype=torch.float64) * 0.3
+    _, mass, H = sd.with_hessian(L)
+    eps = 1e-3
+    for j in range(0, k, 5):
+        step = torch.zeros(k, dtype=torch.float64)
+        step[j] = eps
+        numeric = (sd(L + step)[1] - sd(L - step)[1]) / (2 * eps)
+        assert torch.allclose(H[:, j], numeric, rtol=2e-2, atol=1e-2 * float(mass.max()) * 1e-2)
+
+
 @pytest.mark.skipif(len(RECORDED) < 8, reason="needs two recorded stages")
 def test_recorded_later_stage_warm_started_from_earlier_one():
     # two epochs apart the potentials move far (their spread halves here), so a warm start saves little
@@ -374,7 +420,8 @@ def test_plain_sinkhorn_still_available_and_agrees():
 def test_result_reports_passes_and_errors():
     scores = synthetic_scores(5000, 30, seed=2, noise=1.0)
     result = self_label(scores, 10.0)
-    assert result.method == "lbfgs" and result.converged
+    assert result.method == "lbfgs+newton" and result.converged
+    assert self_label(scores, 10.0, method="lbfgs").method == "lbfgs"
     assert result.passes == len(result.errors) >= 1 and result.errors[-1] == result.error <= 1e-3
     assert result.cluster_potential.dtype == torch.float64 and result.cluster_potential.shape == (30,)
     plain = self_label(scores, 10.0, method="sinkhorn", check_every=5, max_iter=5000)
