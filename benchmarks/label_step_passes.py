@@ -12,7 +12,8 @@ On Fashion-MNIST (one classroom run, 20 epochs, 40 optimisations x 4 heads, solv
 
     SELA_DATA_ROOT=../shared/data python benchmarks/label_step_passes.py
 
-Its output for seed 0 is recorded in docs/label_step_passes_output.txt (about 15 minutes on 2 cores).
+Its output for seed 0 is recorded in docs/label_step_passes_output.txt (about 15 minutes on 2 cores);
+docs/label_step_passes_lbfgs_output.txt is the same run with the earlier solver, L-BFGS alone.
 """
 
 from __future__ import annotations

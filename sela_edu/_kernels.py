@@ -20,13 +20,15 @@ block instead of a pass over N x K entries.
 
 On the CPU the loops are compiled by numba (parallel over blocks of rows, each block keeping its own
 float32 partial column sums, reduced in float64 so the result does not drift with N). Storage in bfloat16
-is read as 16-bit integers and widened to float32 in registers: torch has no fast CPU kernel for a
-bfloat16 vector-times-matrix product, and numpy has no bfloat16 at all. ``exp`` is a vectorised
-polynomial (relative error below 3e-7 on the range used), several times faster than the scalar library
-call numba would otherwise emit.
+(with an even K) is read as 32-bit words of two entries, each decoded to float32 in registers by a shift
+or a mask: torch has no fast CPU kernel for a bfloat16 vector-times-matrix product, and numpy has no
+bfloat16 at all. ``exp`` is a vectorised polynomial (relative error below 3e-7 on the range used), several
+times faster than the scalar library call numba would otherwise emit. Maxima go through LLVM's
+``maxnum`` (:func:`_fmax`), which vectorises where numba's ``max`` does not.
 
-On a GPU, or where numba is missing, the same quantities are computed with torch matrix-vector
-products (block by block for half-precision storage, so the float32 copy of a block stays small).
+On a GPU, where numba is missing, and for bfloat16 with an odd K or float16, the same quantities are
+computed with torch matrix-vector products (block by block for half-precision storage, so the float32
+copy of a block stays small).
 """
 
 from __future__ import annotations
@@ -242,14 +244,9 @@ if HAVE_NUMBA:
             acc[j] += a * r0[j]
         return np.float64(u)
 
-    @njit(fastmath=True, cache=True)
-    def _widen(src, wide):  # pragma: no cover - compiled
-        for j in range(src.shape[0]):  # bfloat16 is the top half of a float32
-            wide[j] = np.uint32(src[j]) << np.uint32(16)
-
     @njit(parallel=True, fastmath=True, cache=True)
-    def _pass(P, E, seg_stop, w, nblocks, half):  # pragma: no cover - compiled
-        """Masses and sum of log u over rows, for float32 ``P`` or bfloat16 bits (``half``)."""
+    def _pass(P, E, seg_stop, w, nblocks):  # pragma: no cover - compiled
+        """Masses and sum of log u over the rows of float32 ``P``."""
         n, k = P.shape
         partial = np.zeros((nblocks, k), np.float32)
         logs = np.zeros(nblocks, np.float64)
@@ -262,8 +259,6 @@ if HAVE_NUMBA:
             out = partial[blk]
             acc = np.zeros(k, np.float32)
             b = np.empty(k, np.float32)
-            wide = np.empty((4, k), np.uint32)
-            rows = wide.view(np.float32)
             seg = np.searchsorted(seg_stop, i0, side="right")
             ls = 0.0
             i = i0
@@ -274,19 +269,10 @@ if HAVE_NUMBA:
                     b[j] = E[seg, j] * w[j]
                 end = min(i1, seg_stop[seg])
                 while i + 4 <= end:
-                    if half:
-                        for r in range(4):
-                            _widen(P[i + r], wide[r])
-                        ls += _rows4(rows[0], rows[1], rows[2], rows[3], b, acc)
-                    else:
-                        ls += _rows4(P[i], P[i + 1], P[i + 2], P[i + 3], b, acc)
+                    ls += _rows4(P[i], P[i + 1], P[i + 2], P[i + 3], b, acc)
                     i += 4
                 while i < end:
-                    if half:
-                        _widen(P[i], wide[0])
-                        ls += math.log(_row1(rows[0], b, acc))
-                    else:
-                        ls += math.log(_row1(P[i], b, acc))
+                    ls += math.log(_row1(P[i], b, acc))
                     i += 1
                 # the segment's sums, scaled by its b, go into the block's partial sums
                 for j in range(k):
@@ -472,41 +458,6 @@ if HAVE_NUMBA:
                 out[i] = arg
         return out
 
-    @njit(parallel=True, fastmath=True, cache=True)
-    def _argmax_bf16(P16, E, seg_stop, w, nblocks):  # pragma: no cover - compiled
-        n, k = P16.shape
-        out = np.empty(n, np.int64)
-        step = (n + nblocks - 1) // nblocks
-        for blk in prange(nblocks):
-            i0 = blk * step
-            i1 = min(n, i0 + step)
-            if i0 >= i1:
-                continue
-            b = np.empty(k, np.float32)
-            wide = np.empty(k, np.uint32)
-            row = wide.view(np.float32)
-            seg = np.searchsorted(seg_stop, i0, side="right")
-            for j in range(k):
-                b[j] = E[seg, j] * w[j]
-            for i in range(i0, i1):
-                if seg_stop[seg] <= i:
-                    while seg_stop[seg] <= i:
-                        seg += 1
-                    for j in range(k):
-                        b[j] = E[seg, j] * w[j]
-                src = P16[i]
-                for j in range(k):
-                    wide[j] = np.uint32(src[j]) << np.uint32(16)
-                best = row[0] * b[0]
-                arg = 0
-                for j in range(1, k):
-                    v = row[j] * b[j]
-                    if v > best:
-                        best = v
-                        arg = j
-                out[i] = arg
-        return out
-
 
 # Below this many entries a parallel region costs more than it saves (thread wake-ups dominate), so the
 # automatic choice on the CPU is torch's single-threaded small-matrix path.
@@ -587,14 +538,14 @@ def fused_pass(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torch.
     block, ``w`` a float32 K-vector. Returns ``mass`` (float64 K-vector, on the CPU for numba and on P's
     device for torch) and ``sum_i log(sum_k P_ik b_k)`` as a float.
     """
-    if backend == "numba":
-        if _pairs_view_ok(P):
+    if backend == "numba" and (P.dtype == torch.float32 or _pairs_view_ok(P)):
+        if P.dtype == torch.float32:
+            partial, logs = _pass(P.numpy(), E.numpy(), seg_stop, w.numpy(), _num_blocks(P.shape[0]))
+        else:
             partial, logs = _pass_pairs(P.view(torch.int32).numpy().view(np.uint32), E.numpy(), seg_stop,
                                         w.numpy(), _num_blocks(P.shape[0]))
-        else:
-            partial, logs = _pass(_as_numpy(P), E.numpy(), seg_stop, w.numpy(), _num_blocks(P.shape[0]),
-                                  P.dtype == torch.bfloat16)
         return torch.from_numpy(partial.sum(axis=0, dtype=np.float64)), float(logs.sum())
+    # torch, and half precision with an odd K on the CPU
     mass = torch.zeros(P.shape[1], dtype=torch.float64, device=P.device)
     logsum = torch.zeros((), dtype=torch.float64, device=P.device)
     start = 0
@@ -639,9 +590,10 @@ def argmax_scaled(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: tor
         if _pairs_view_ok(P):
             return torch.from_numpy(_argmax_pairs(P.view(torch.int32).numpy().view(np.uint32), E.numpy(), seg_stop,
                                                   w.numpy(), _num_blocks(P.shape[0])))
-        kernel = _argmax_bf16 if P.dtype == torch.bfloat16 else _argmax_f32
-        return torch.from_numpy(kernel(_as_numpy(P), E.numpy(), seg_stop, w.numpy(), _num_blocks(P.shape[0])))
-    # block by block: the product P * b would otherwise be a second N x K matrix
+        if P.dtype == torch.float32:
+            return torch.from_numpy(_argmax_f32(P.numpy(), E.numpy(), seg_stop, w.numpy(), _num_blocks(P.shape[0])))
+    # torch (and half precision with an odd K): block by block, the product P * b would otherwise be a
+    # second N x K matrix
     out, start = [], 0
     for seg, stop in enumerate(seg_stop.tolist()):
         b = E[seg] * w
