@@ -2,6 +2,7 @@
 and the official-recipe deviation table."""
 
 import io
+import os
 
 import pytest
 
@@ -34,6 +35,26 @@ def test_run_series_shows_one_overall_progress_bar(tmp_path, monkeypatch):
     summary = course.series_summary(tmp_path / "out", statuses)
     assert summary.rstrip().splitlines()[-4].startswith("executed notebooks:")
     assert "figures:" in summary
+
+
+def test_kernels_get_absolute_folders_though_they_run_in_the_notebooks_folder(tmp_path, monkeypatch):
+    # SELA_DATA_ROOT=../shared/data make run: the kernel's working directory is notebooks/, so a relative
+    # folder handed on unchanged would name another place (and the series fell back to the digits)
+    import papermill
+
+    seen = {}
+
+    def fake_papermill(src, out, **kw):
+        seen.update({k: os.environ.get(k) for k in (settings.DATA_ROOT_ENV, settings.FIGURES_ENV,
+                                                     settings.RESULTS_ENV)}, cwd=kw["cwd"])
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_papermill)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(settings.DATA_ROOT_ENV, "../shared/data")
+    course.execute_notebook("01", tmp_path / "out" / "01.ipynb", results_dir="res")
+    assert seen[settings.DATA_ROOT_ENV] == str((tmp_path / "../shared/data").resolve())
+    assert seen[settings.RESULTS_ENV] == str(tmp_path / "res")
+    assert seen["cwd"] != str(tmp_path)
 
 
 def test_run_series_falls_back_with_one_notice_at_the_top(tmp_path, monkeypatch):

@@ -91,6 +91,10 @@ def parse_value(text: str):
         return text
 
 
+def _absolute(path) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
 @contextlib.contextmanager
 def _environ(values: Mapping[str, str | None]):
     old = {k: os.environ.get(k) for k in values}
@@ -159,10 +163,11 @@ def execute_notebook(name: str | os.PathLike, output_path: str | os.PathLike, pa
     src = notebook_path(name)
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
+    # the kernel runs in notebooks/: relative folders are taken from this process's working directory
     env = {
-        settings.FIGURES_ENV: str(figures_dir) if figures_dir else os.environ.get(settings.FIGURES_ENV),
-        settings.RESULTS_ENV: str(results_dir) if results_dir else os.environ.get(settings.RESULTS_ENV),
-        settings.DATA_ROOT_ENV: str(data_root) if data_root else os.environ.get(settings.DATA_ROOT_ENV),
+        settings.FIGURES_ENV: _absolute(figures_dir or os.environ.get(settings.FIGURES_ENV)),
+        settings.RESULTS_ENV: _absolute(results_dir or os.environ.get(settings.RESULTS_ENV)),
+        settings.DATA_ROOT_ENV: _absolute(data_root or os.environ.get(settings.DATA_ROOT_ENV)),
         STATIC_ENV: "1" if static else None,
         "MPLBACKEND": os.environ.get("MPLBACKEND"),
         "PYDEVD_DISABLE_FILE_VALIDATION": "1",
