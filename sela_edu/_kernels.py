@@ -79,7 +79,7 @@ if HAVE_NUMBA:
 
     @intrinsic
     def _i32_bits(typingctx, value):
-        """The bit pattern of a float32 as an int32 (for values >= 0 integers order as the floats do)."""
+        """The bit pattern of a float32 as an int32 (a register move, vectorisable)."""
         if value != types.float32:
             return None
 
@@ -288,6 +288,13 @@ if HAVE_NUMBA:
     _SHIFT = np.uint32(16)
 
     @njit(fastmath=True, cache=True)
+    def _pair_scalings(e, w, blo, bhi):  # pragma: no cover - compiled
+        """A segment's scalings b = e * w, split into even (``blo``) and odd (``bhi``) clusters."""
+        for j in range(blo.shape[0]):
+            blo[j] = e[2 * j] * w[2 * j]
+            bhi[j] = e[2 * j + 1] * w[2 * j + 1]
+
+    @njit(fastmath=True, cache=True)
     def _pairs4(r0, r1, r2, r3, blo, bhi, alo, ahi):  # pragma: no cover - compiled
         """:func:`_rows4` on four rows of bfloat16 pairs, with b and the column sums split into even and odd."""
         h = blo.shape[0]
@@ -360,9 +367,7 @@ if HAVE_NUMBA:
             while i < i1:
                 while seg_stop[seg] <= i:
                     seg += 1
-                for j in range(h):
-                    blo[j] = E[seg, 2 * j] * w[2 * j]
-                    bhi[j] = E[seg, 2 * j + 1] * w[2 * j + 1]
+                _pair_scalings(E[seg], w, blo, bhi)
                 end = min(i1, seg_stop[seg])
                 while i + 4 <= end:
                     ls += _pairs4(W[i], W[i + 1], W[i + 2], W[i + 3], blo, bhi, alo, ahi)
@@ -420,9 +425,7 @@ if HAVE_NUMBA:
                     seg += 1
                     stale = True
                 if stale:
-                    for j in range(h):
-                        blo[j] = E[seg, 2 * j] * w[2 * j]
-                        bhi[j] = E[seg, 2 * j + 1] * w[2 * j + 1]
+                    _pair_scalings(E[seg], w, blo, bhi)
                     stale = False
                 out[i] = _argmax_pair_row(W[i], blo, bhi)
         return out

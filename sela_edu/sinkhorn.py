@@ -525,7 +525,7 @@ def _run_lbfgs(sd: _SemiDual, L0: torch.Tensor, *, tol, max_iter, errors, newton
     act = sd.active
     n_total = float(sd.target.sum())
     base = L0.clone()
-    best = {"error": math.inf, "L": L0.clone(), "mass": None}
+    best, record = _best_tracker(sd, L0, errors)
     steps = [0]
     switch = [False]
 
@@ -533,13 +533,6 @@ def _run_lbfgs(sd: _SemiDual, L0: torch.Tensor, *, tol, max_iter, errors, newton
         L = base.clone()
         L[act] = torch.from_numpy(x).to(L.device)
         return L
-
-    def record(L, mass) -> float:  # the error of a pass, and the best point so far
-        error = marginal_error(mass, sd.target)
-        errors.append(error)
-        if error < best["error"]:
-            best.update(error=error, L=L, mass=mass)
-        return error
 
     def fun(x):
         L = full(x)
@@ -581,6 +574,21 @@ def _run_lbfgs(sd: _SemiDual, L0: torch.Tensor, *, tol, max_iter, errors, newton
     return _best_point(sd, best, tol, steps[0])
 
 
+def _best_tracker(sd: _SemiDual, L0: torch.Tensor, errors: list):
+    """``(best, record)``: the best point so far (a dict of error, L, mass) and ``record(L, mass)``, which
+    appends a pass's cluster-mass error to ``errors``, keeps the point when it is the best, and returns it."""
+    best = {"error": math.inf, "L": L0.clone(), "mass": None}
+
+    def record(L, mass) -> float:
+        error = marginal_error(mass, sd.target)
+        errors.append(error)
+        if error < best["error"]:
+            best.update(error=error, L=L, mass=mass)
+        return error
+
+    return best, record
+
+
 def _finish_with_sinkhorn(sd: _SemiDual, best: dict, record, *, tol, max_iter) -> int:
     """Sinkhorn steps from the best point until converged or out of passes (they need no line search)."""
     L, mass, steps = best["L"], best["mass"], 0
@@ -615,15 +623,7 @@ def _run_newton(sd: _SemiDual, L: torch.Tensor, *, tol, max_iter, errors, patien
     """
     act = sd.active
     first_pass = sd.passes
-    best = {"error": math.inf, "L": L.clone(), "mass": None}
-
-    def record(L, mass) -> float:
-        error = marginal_error(mass, sd.target)
-        errors.append(error)
-        if error < best["error"]:
-            best.update(error=error, L=L, mass=mass)
-        return error
-
+    best, record = _best_tracker(sd, L, errors)
     steps, damping = 0, 0.0
     F, mass, H = sd.with_hessian(L)
     if record(L, mass) <= tol:

@@ -488,19 +488,19 @@ def relabel(model: nn.Module, data, *, lam: float = 10.0, batch_size: int = 512,
             old.reset()
         else:
             kept[h] = ScoreBuffer(rows, all_ks[h], lam, storage_dtype=storage_dtype, device=device)
-    buffers = [kept[h] for h in heads]
+    head_buffers = [kept[h] for h in heads]
     seen: list[torch.Tensor] = []
     for x, index in _progress(_kept_batches(loader), progress, "scoring", total=len(loader)):
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             outputs = net(x)
-        for buffer, h in zip(buffers, heads):
+        for buffer, h in zip(head_buffers, heads):
             buffer.add(outputs[h])
         seen.append(index)
     net.train(was_training)
     _sync(device)
     t1 = time.perf_counter()
     results, head_seconds = [], []
-    for buffer, start in zip(buffers, init):
+    for buffer, start in zip(head_buffers, init):
         t_head = time.perf_counter()
         results.append(self_label(buffer, tol=tol, max_iter=max_iter, init=start))
         _sync(device)
