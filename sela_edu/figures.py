@@ -217,26 +217,203 @@ def image_grid_by_cluster(images, labels, *, clusters: Sequence[int] | None = No
     return fig
 
 
-def bar_comparison(values: Mapping[str, Mapping[str, float]], *, ylabel: str = "accuracy (%)",
-                   title: str | None = None, ax=None):
-    """Grouped bars: ``values[group][method] = number`` (e.g. group = imbalance setting, method =
-    SK / k-means / supervised). Missing entries are left as gaps."""
-    groups = list(values)
+#: One measured value in a comparison: a number (one run), or one number per seed.
+MeasuredValue = float | Sequence[float]
+#: A comparison table: ``table[group][method] = value``, e.g. group = metric or imbalance setting.
+ComparisonTable = Mapping[str, Mapping[str, MeasuredValue]]
+
+# An axis fitted to the numbers must not turn noise into a landslide: its span is at least this fraction
+# of the largest value shown, so 87.1 against 87.2 stays two bars of nearly equal height.
+_MIN_SPAN_FRACTION = 0.02
+
+
+def _mean_and_spread(value, where: str) -> tuple[float, float]:
+    """A number as (value, nan); per-seed numbers as (mean, standard deviation over seeds), the
+    spread ``verdicts.compare`` uses; a single seed has no spread (nan)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: expected a number or one number per seed, got {value!r}")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value), float("nan")
+    try:
+        runs = _as_numpy(value).astype(float).ravel()
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected a number or one number per seed, got {value!r}") from None
+    if runs.size == 0:
+        raise ValueError(f"{where}: no measured value (an empty sequence of seeds)")
+    if runs.size == 1:
+        return float(runs[0]), float("nan")
+    return float(runs.mean()), float(runs.std(ddof=1))
+
+
+def _comparison_arrays(values: ComparisonTable) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """Groups, methods (in order of first appearance), and G x M arrays of means and spreads; a method
+    missing from a group is nan there (drawn as a gap)."""
+    if not isinstance(values, Mapping) or not values:
+        raise ValueError("a comparison needs a non-empty mapping values[group][method] = number")
+    groups = [str(g) for g in values]
     methods: list[str] = []
-    for g in groups:
-        methods.extend(m for m in values[g] if m not in methods)
-    ax = _new_axes(ax, figsize=(1.6 * len(groups) + 2, 3.2))
+    for g, row in values.items():
+        if not isinstance(row, Mapping):
+            raise ValueError(f"group {g!r}: expected a mapping method -> number, got {type(row).__name__}")
+        methods.extend(str(m) for m in row if str(m) not in methods)
+    means = np.full((len(groups), len(methods)), np.nan)
+    spreads = np.full_like(means, np.nan)
+    for i, row in enumerate(values.values()):
+        for m, value in row.items():
+            j = methods.index(str(m))
+            means[i, j], spreads[i, j] = _mean_and_spread(value, f"{groups[i]} / {m}")
+    if not np.isfinite(means).any():
+        raise ValueError("a comparison needs at least one finite value; every entry is missing or nan")
+    return groups, methods, means, spreads
+
+
+def _fitted_limits(lows: np.ndarray, highs: np.ndarray, *, scale: float, include_zero: bool = False,
+                   below: float = 0.35, above: float = 0.25) -> tuple[float, float]:
+    """Axis limits around the finite values (``lows``/``highs``: the ends of bars and error bars), with
+    a margin of ``below``/``above`` times their span: the lowest bar keeps a visible height and the
+    value labels fit above the highest. The span is at least ``_MIN_SPAN_FRACTION * scale``. An axis
+    over values that are all non-negative never goes below 0 (accuracies are not negative)."""
+    lo, hi = float(np.nanmin(lows)), float(np.nanmax(highs))
+    if include_zero:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    span = hi - lo
+    min_span = _MIN_SPAN_FRACTION * scale or 1.0
+    if span < min_span:
+        lo, hi = lo - (min_span - span) / 2, hi + (min_span - span) / 2
+        span = min_span
+    bottom, top = lo - below * span, hi + above * span
+    if float(np.nanmin(lows)) >= 0.0 and bottom < 0.0:
+        bottom = 0.0
+    return bottom, top
+
+
+def _method_colors(methods: Sequence[str], colors: Mapping[str, str] | None) -> dict[str, str]:
+    """One colour per method, the same in every panel of a figure (``colors`` fixes them)."""
+    colors = dict(colors or {})
+    missing = [m for m in methods if m not in colors]
+    for i, m in enumerate(missing, start=len(colors)):
+        colors[m] = f"C{i % 10}"
+    return colors
+
+
+def legend_outside(ax, **kwargs):
+    """The legend to the right of the axes, where it cannot cover any data (``save_figure`` crops to
+    include it). Extra keyword arguments go to ``ax.legend``."""
+    options = dict(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8, frameon=False)
+    return ax.legend(**{**options, **kwargs})
+
+
+def _grouped_bars(ax, groups: Sequence[str], methods: Sequence[str], heights: np.ndarray, errors: np.ndarray,
+                  colors: Mapping[str, str], label_format: str) -> None:
+    """Bars for each group side by side, one colour per method, error bars where a spread is known,
+    and each bar's value written at its end (bars that are gaps get no label)."""
     width = 0.8 / max(len(methods), 1)
     x = np.arange(len(groups))
-    for i, m in enumerate(methods):
-        ys = [values[g].get(m, np.nan) for g in groups]
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, ys, width, label=m)
-    ax.set_xticks(x, labels=groups)
+    for j, m in enumerate(methods):
+        err = errors[:, j]
+        bars = ax.bar(x + (j - (len(methods) - 1) / 2) * width, heights[:, j], width, color=colors[m], label=m,
+                      yerr=err if np.isfinite(err).any() else None, capsize=3,
+                      error_kw=dict(elinewidth=1, ecolor="0.2"))
+        labels = [label_format.format(h) if np.isfinite(h) else "" for h in heights[:, j]]
+        ax.bar_label(bars, labels=labels, padding=2, fontsize=7)
+    ax.set_xticks(x, labels=list(groups))
+
+
+def bar_comparison(values: ComparisonTable, *, ylabel: str = "accuracy (%)", title: str | None = None, ax=None,
+                   legend: bool = True, colors: Mapping[str, str] | None = None, decimals: int = 1):
+    """Grouped bars: ``values[group][method]`` is a number, or one number per seed (the bar is their mean,
+    the error bar their standard deviation). Missing entries are left as gaps.
+
+    The y-axis is fitted to the numbers, not drawn from 0, so that differences of a few points are seen
+    (each bar carries its value, and the tick labels say where the axis starts); the legend sits outside
+    the axes. For differences themselves, drawn from an honest zero, see :func:`difference_comparison`.
+    """
+    groups, methods, means, spreads = _comparison_arrays(values)
+    colors = _method_colors(methods, colors)
+    ax = _new_axes(ax, figsize=(1.6 * len(groups) + 2, 3.2))
+    err = np.nan_to_num(spreads)
+    _grouped_bars(ax, groups, methods, means, spreads, colors, f"{{:.{decimals}f}}")
+    ax.set_ylim(*_fitted_limits(means - err, means + err, scale=float(np.nanmax(np.abs(means)))))
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    if legend:
+        legend_outside(ax)
     return ax
+
+
+def _differences(means: np.ndarray, spreads: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each method's mean minus the baseline's, per group, and the spread of that difference: the sum of
+    the two standard deviations, the threshold under which ``verdicts.compare`` calls a difference within
+    the spread, so an error bar crossing zero means what that verdict says. Nan where no spread is known."""
+    diffs = means - means[:, [base]]
+    known = np.isfinite(spreads) | np.isfinite(spreads[:, [base]])
+    spread = np.where(known, np.nan_to_num(spreads) + np.nan_to_num(spreads[:, [base]]), np.nan)
+    return diffs, spread
+
+
+def difference_comparison(values: ComparisonTable, baseline: str, *, unit: str = "points",
+                          ylabel: str | None = None, title: str | None = None, ax=None, legend: bool = True,
+                          colors: Mapping[str, str] | None = None, decimals: int = 1):
+    """Each method's difference from ``baseline`` in every group of ``values`` (as in
+    :func:`bar_comparison`), as bars from zero: above the line is ahead of the baseline, below is behind.
+    With per-seed values the error bars are the spread a verdict compares against (see
+    :func:`_differences`); the baseline itself is the zero line."""
+    groups, methods, means, spreads = _comparison_arrays(values)
+    if baseline not in methods:
+        raise ValueError(f"baseline {baseline!r} is not one of the compared methods {methods}")
+    others = [j for j, m in enumerate(methods) if m != baseline]
+    if not others:
+        raise ValueError(f"a difference from {baseline!r} needs at least one other method")
+    diffs, spread = _differences(means, spreads, methods.index(baseline))
+    diffs, spread = diffs[:, others], spread[:, others]
+    if not np.isfinite(diffs).any():
+        raise ValueError(f"no group has both {baseline!r} and another method: there is no difference to draw")
+    colors = _method_colors(methods, colors)
+    ax = _new_axes(ax, figsize=(1.6 * len(groups) + 2, 3.2))
+    ax.axhline(0.0, color="k", lw=0.8, zorder=0)
+    _grouped_bars(ax, groups, [methods[j] for j in others], diffs, spread, colors, f"{{:+.{decimals}f}}")
+    err = np.nan_to_num(spread)
+    ax.set_ylim(*_fitted_limits(diffs - err, diffs + err, scale=float(np.nanmax(np.abs(means))),
+                                include_zero=True, below=0.25))
+    ax.set_ylabel(ylabel or f"difference from {baseline} ({unit})")
+    if title:
+        ax.set_title(title, fontsize=10)
+    if legend:
+        legend_outside(ax)
+    return ax
+
+
+def comparison_figure(tables: Mapping[str, ComparisonTable], *, baseline: str | None = None,
+                      ylabel: str = "accuracy (%)", unit: str = "points", title: str | None = None):
+    """One row per table (``tables[panel title][group][method] = value``): the values
+    (:func:`bar_comparison`), and with a ``baseline`` beside them every method's difference from it
+    (:func:`difference_comparison`). One legend for the whole figure, below the panels; a method has the
+    same colour in every panel."""
+    import matplotlib.pyplot as plt
+
+    if not isinstance(tables, Mapping) or not tables:
+        raise ValueError("comparison_figure needs a non-empty mapping panel title -> values[group][method]")
+    methods: list[str] = []
+    for table in tables.values():
+        methods.extend(m for m in _comparison_arrays(table)[1] if m not in methods)
+    colors = _method_colors(methods, None)
+    columns = 1 if baseline is None else 2
+    width = max(1.6 * max(len(t) for t in tables.values()) + 1.5, 4.0)
+    fig, axes = plt.subplots(len(tables), columns, figsize=(width * columns, 2.9 * len(tables)), squeeze=False)
+    for row, (name, table) in zip(axes, tables.items()):
+        bar_comparison(table, ylabel=ylabel, title=name, ax=row[0], legend=False, colors=colors)
+        if baseline is not None:
+            difference_comparison(table, baseline, unit=unit, ylabel=unit, title=f"difference from {baseline}",
+                                  ax=row[1], legend=False, colors=colors)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[m]) for m in methods]
+    # below the panels, where it covers nothing; save_figure's tight crop keeps it
+    fig.legend(handles, methods, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(methods), fontsize=8,
+               frameon=False)
+    return fig
 
 
 __all__ = [
@@ -247,5 +424,8 @@ __all__ = [
     "plot_history",
     "relabel_moments",
     "image_grid_by_cluster",
+    "legend_outside",
     "bar_comparison",
+    "difference_comparison",
+    "comparison_figure",
 ]
