@@ -29,6 +29,9 @@ DATA_ROOT_ENV = "SELA_DATA_ROOT"
 #: Environment variables for the output folders.
 FIGURES_ENV = "SELA_FIGURES_DIR"
 RESULTS_ENV = "SELA_RESULTS_DIR"
+#: Environment variable that turns on torch's deterministic algorithms ("1", "true", "yes") in
+#: :func:`seed_everything`: bit-for-bit repeatable runs on one machine, at some cost in speed.
+DETERMINISTIC_ENV = "SELA_DETERMINISTIC"
 #: Environment variable that forbids downloads ("1", "true", "yes"): data sets come from the data root or
 #: not at all (the CPU notebooks then use the digits). The test suite sets it.
 OFFLINE_ENV = "SELA_OFFLINE"
@@ -39,9 +42,13 @@ def data_root() -> Path:
     return Path(os.environ.get(DATA_ROOT_ENV) or home() / "data").expanduser()
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def offline() -> bool:
     """Whether downloads are forbidden (``$SELA_OFFLINE`` set to 1, true or yes)."""
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return _flag(OFFLINE_ENV)
 
 
 def figures_dir() -> Path:
@@ -74,7 +81,11 @@ def pick_device(preference: str | torch.device = "auto") -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and every GPU) in one call."""
+    """Seed Python, NumPy and torch (CPU and every GPU) in one call; with ``$SELA_DETERMINISTIC`` set, also
+    make torch use only deterministic algorithms (cuBLAS then needs its workspace setting, given here)."""
+    if _flag(DETERMINISTIC_ENV):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sela_edu import cli, course, data
+from sela_edu import cli, course, data, settings
 
 
 def test_parse_value_reads_json_or_keeps_strings():
@@ -288,3 +288,27 @@ def test_make_lab_answers_on_localhost(tmp_path):
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_refresh_writes_the_committed_figures(monkeypatch):
+    # `sela-edu refresh` regenerates the figures committed in figures/ with the stored outputs
+    calls = []
+    monkeypatch.setattr(course, "refresh_stored_outputs", lambda name, **kw: calls.append((name, kw)) or name)
+    assert cli.main(["refresh", "01"]) == 0
+    assert calls == [("01", {"figures_dir": settings.REPO_ROOT / "figures", "timeout": 600})]
+
+
+@pytest.mark.slow
+def test_refreshed_notebook_saves_its_figures_where_asked(tmp_path):
+    import shutil
+
+    import nbformat
+
+    copy = tmp_path / "01_optimal_transport_toy.ipynb"
+    shutil.copy(course.notebook_path("01"), copy)
+    course.refresh_stored_outputs(copy, figures_dir=tmp_path / "figures")
+    assert sorted(p.name for p in (tmp_path / "figures").glob("01_*.png")) == [
+        "01_convergence.png", "01_map.png", "01_plan_eps_panel.png", "01_plan_exact.png"]
+    nb = nbformat.read(copy, as_version=4)
+    unstored = [c for c in nb.cells if course.UNSTORED_TAG in c.metadata.get("tags", [])]
+    assert unstored and not any(c.outputs for c in unstored)   # 01's widget cell is stored empty
