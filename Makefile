@@ -13,7 +13,7 @@ QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || tru
 .PHONY: help venv run test test-fast lab bench demo-solver student instructor clean
 
 help:
-	@echo "make run    - the main job: run the notebook series on the embedded digits data, print the summary"
+	@echo "make run    - the main job: run the notebook series (Fashion-MNIST from the data root, else the digits), print the summary"
 	@echo "make test   - the whole test suite (pytest + nbval), as CI runs it"
 	@echo "make lab    - JupyterLab on the kit's environment, opened at notebooks/ (LAB_ARGS=... for more options)"
 	@echo "make demo-solver, make bench, make student, make instructor, make clean"
