@@ -36,7 +36,8 @@ from . import settings
 __all__ = [
     "STUB_MARKER", "BEGIN_SOLUTION", "END_SOLUTION", "BEGIN_HIDDEN_TESTS", "END_HIDDEN_TESTS", "CODE_STUB",
     "TEXT_STUB", "INSTRUCTOR_DIR", "instructor_notebook", "student_notebook", "validate_nbgrader",
-    "build_instructor_edition", "build_student_edition", "solution_regions",
+    "build_instructor_edition", "build_student_edition", "solution_regions", "check_inputs", "instructor_edition",
+    "write_notebooks",
 ]
 
 STUB_MARKER = "# YOUR CODE HERE"
@@ -166,6 +167,7 @@ def instructor_notebook(nb, name: str, material: str | os.PathLike | None = None
                 hidden_done.add(function)
             cell.metadata["nbgrader"] = _meta(unique(f"{stem}_{function}_check"), grade=True, locked=True,
                                               points=CHECK_POINTS)
+            _allow_error(cell)
         elif "check" in tags or cell.cell_type == "markdown":
             cell.metadata["nbgrader"] = _meta(unique(f"{stem}_cell{i}"), locked=True)
 
@@ -187,6 +189,14 @@ def instructor_notebook(nb, name: str, material: str | os.PathLike | None = None
         raise ValueError(f"{stem}: invalid nbgrader metadata: " + "; ".join(problems))
     nbformat.validate(nb)
     return nb
+
+
+def _allow_error(cell) -> None:
+    """Tag a check cell ``raises-exception``: an unfinished exercise fails its check, and with this tag
+    "Run all" goes on to the next cells instead of stopping there (nbgrader's release keeps the tags)."""
+    tags = _tags(cell)
+    if "raises-exception" not in tags:
+        cell.metadata["tags"] = tags + ["raises-exception"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,9 +260,8 @@ def student_notebook(nb, name: str | None = None, material: str | os.PathLike | 
         if cell.cell_type == "code":
             cell.source = _replace_regions(cell.source, BEGIN_HIDDEN_TESTS, END_HIDDEN_TESTS, None).rstrip("\n")
             cell.outputs, cell.execution_count = [], None
-            tags = _tags(cell)
-            if ("check" in tags or meta.get("grade")) and "raises-exception" not in tags:
-                cell.metadata["tags"] = tags + ["raises-exception"]
+            if "check" in _tags(cell) or meta.get("grade"):
+                _allow_error(cell)
     nb.metadata["sela_edition"] = "student"
     problems = validate_nbgrader(nb)
     if problems:  # pragma: no cover - the instructor edition was valid
@@ -330,11 +339,18 @@ def validate_nbgrader(nb) -> list[str]:
 # building the editions
 
 
+#: where the solution notebooks and the instructor material come from when the kit is pip-installed
+GET_MATERIAL = ("they ship with the kit's repository (a clone or a source archive), not with the installed "
+                "package")
+
+
 def _notebooks(source) -> list[Path]:
-    source = Path(source) if source else _default_notebooks_dir()
+    given = source is not None
+    source = Path(source) if given else _default_notebooks_dir()
     paths = sorted(source.glob("[0-9][0-9]_*.ipynb"))
     if not paths:
-        raise FileNotFoundError(f"no notebooks (NN_name.ipynb) in {source}")
+        where = "" if given else f" ({GET_MATERIAL}): pass --source with the notebooks/ folder of a clone"
+        raise FileNotFoundError(f"no solution notebooks (NN_name.ipynb) in {source}{where}")
     return paths
 
 
@@ -349,16 +365,43 @@ def _check_stubs(path: Path, nb) -> None:
 def _material(material) -> Path:
     path = Path(material) if material else INSTRUCTOR_DIR
     if not (path / "hidden_tests").is_dir():
-        raise FileNotFoundError(f"no instructor material (hidden_tests/, answers/) in {path}: it ships with the "
-                                "kit's repository, not with the installed package; pass --material")
+        raise FileNotFoundError(f"no instructor material (hidden_tests/, answers/) in {path} ({GET_MATERIAL}): "
+                                "pass --material with the instructor/ folder of a clone")
     return path
+
+
+def check_inputs(source=None, material=None) -> tuple[list[Path], Path]:
+    """The solution notebooks and the instructor material folder, or one error naming everything that is
+    missing (both --source and --material when a pip install has neither)."""
+    found, problems = {}, []
+    for name, find, given in (("notebooks", _notebooks, source), ("material", _material, material)):
+        try:
+            found[name] = find(given)
+        except FileNotFoundError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise FileNotFoundError("; ".join(problems))
+    return found["notebooks"], found["material"]
+
+
+def instructor_edition(source=None, material=None) -> dict[str, object]:
+    """The instructor edition in memory, ``{file name: notebook}``: checked whole before anything is written."""
+    import nbformat
+
+    paths, material = check_inputs(source, material)
+    edition = {}
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        _check_stubs(path, nb)
+        edition[path.name] = instructor_notebook(nb, path.stem, material)
+    return edition
 
 
 def build_instructor_edition(output: str | os.PathLike = "instructor_edition", source: str | os.PathLike | None = None,
                              material: str | os.PathLike | None = None) -> list[Path]:
-    """Write the nbgrader source version of every notebook in ``source`` (default ``notebooks/``)."""
-    material = _material(material)
-    return _write_edition(output, source, lambda nb, stem: instructor_notebook(nb, stem, material))
+    """Write the nbgrader source version of every notebook in ``source`` (default ``notebooks/``); nothing
+    is written (no empty ``output``) when a notebook or the material is missing or invalid."""
+    return write_notebooks(instructor_edition(source, material), output)
 
 
 def build_student_edition(output: str | os.PathLike = "student", source: str | os.PathLike | None = None,
@@ -373,15 +416,26 @@ def build_student_edition(output: str | os.PathLike = "student", source: str | o
 
 
 def _write_edition(output, source, convert) -> list[Path]:
-    """``convert(notebook, stem)`` for every notebook of ``source`` (stubs checked first), written to ``output``."""
+    """``convert(notebook, stem)`` for every notebook of ``source`` (stubs checked first), written to ``output``
+    once all are converted (a failure leaves no folder behind)."""
+    import nbformat
+
+    edition = {}
+    for path in _notebooks(source):
+        nb = nbformat.read(path, as_version=4)
+        _check_stubs(path, nb)
+        edition[path.name] = convert(nb, path.stem)
+    return write_notebooks(edition, output)
+
+
+def write_notebooks(edition: dict, output: str | os.PathLike) -> list[Path]:
+    """Write ``{file name: notebook}`` into ``output`` (created), returning the paths."""
     import nbformat
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in _notebooks(source):
-        nb = nbformat.read(path, as_version=4)
-        _check_stubs(path, nb)
-        nbformat.write(convert(nb, path.stem), output / path.name)
-        written.append(output / path.name)
+    for name, nb in edition.items():
+        nbformat.write(nb, output / name)
+        written.append(output / name)
     return written

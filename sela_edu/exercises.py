@@ -11,7 +11,10 @@ values planted in the test problem by construction) or by agreement with the kit
 functions that the course teaches with (:func:`sela_edu.sinkhorn.sinkhorn`,
 :func:`sela_edu.evaluation.weighted_knn`, :mod:`sela_edu.metrics`). The reference solutions live in the
 instructor material (the solution edition of the notebooks, ``instructor/``), which students do not
-install.
+install. Three exercises re-derive a kit function (``sinkhorn_step``: ``sinkhorn(-log Q, a, b, 1,
+max_iter=1)``; ``size_spread``: :func:`~sela_edu.metrics.cluster_size_spread`; ``matched_agreement``:
+:func:`~sela_edu.metrics.cluster_accuracy`): their checkers call the student's function with that kit
+function refused (:func:`without_kit`), so an answer that only calls it fails.
 
 | exercise | notebook | student writes |
 | --- | --- | --- |
@@ -27,7 +30,9 @@ install.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -41,6 +46,7 @@ __all__ = [
     "check_size_spread",
     "check_matched_agreement",
     "check_column_max",
+    "without_kit",
     "EXERCISES",
 ]
 
@@ -74,6 +80,40 @@ def _done(message: str, quiet: bool) -> None:
         print(f"Correct: {message}")
 
 
+@contextlib.contextmanager
+def without_kit(fn: Callable, *kit_functions: Callable, exercise: str) -> Iterator[None]:
+    """Inside the block, each of ``kit_functions`` raises :class:`ExerciseFailure` when called.
+
+    Some exercises re-derive a public function of the kit (e.g. ``size_spread`` is
+    :func:`sela_edu.metrics.cluster_size_spread`), so an answer that only calls it would pass. The
+    stand-in replaces the function wherever it is bound: in every loaded ``sela_edu`` module and in the
+    namespace ``fn`` was defined in (a notebook's globals, where ``from sela_edu.metrics import ...``
+    puts it). Everything is restored on leaving."""
+    spaces = [vars(module) for name, module in list(sys.modules.items())
+              if module is not None and (name == "sela_edu" or name.startswith("sela_edu."))]
+    spaces.append(getattr(fn, "__globals__", {}))
+    replaced = []
+    for kit in kit_functions:
+        stand_in = _refused(f"{kit.__module__}.{kit.__name__}", exercise)
+        for space in spaces:
+            for name, value in list(space.items()):
+                if value is kit:
+                    space[name] = stand_in
+                    replaced.append((space, name, kit))
+    try:
+        yield
+    finally:
+        for space, name, kit in replaced:
+            space[name] = kit
+
+
+def _refused(kit_name: str, exercise: str) -> Callable:
+    def refused(*args, **kwargs):
+        raise ExerciseFailure(f"{exercise} calls the kit's {kit_name}, which is the answer itself: write the "
+                              "computation yourself (the kit's function is what the checker compares with)")
+    return refused
+
+
 # --------------------------------------------------------------------------------------------------
 # 01: one Sinkhorn iteration
 
@@ -103,7 +143,9 @@ def check_sinkhorn_step(fn: Callable, *, quiet: bool = False) -> None:
 
     for q, a, b in _sinkhorn_problems():
         want = sinkhorn(-np.log(q), a, b, 1.0, max_iter=1)
-        got = _to_numpy(_call(fn, q.copy(), a.copy(), b.copy(), what="sinkhorn_step"), "the returned matrix")
+        with without_kit(fn, sinkhorn, exercise="sinkhorn_step"):
+            out = _call(fn, q.copy(), a.copy(), b.copy(), what="sinkhorn_step")
+        got = _to_numpy(out, "the returned matrix")
         if got.shape != q.shape:
             hint = " (did you return a vector of sums instead of the rescaled matrix?)" if got.ndim == 1 else ""
             raise ExerciseFailure(f"the result has shape {got.shape}, expected {q.shape} like Q{hint}")
@@ -403,7 +445,8 @@ def check_size_spread(fn: Callable, *, quiet: bool = False) -> None:
     for name, labels, k in problems:
         spread = cluster_size_spread(labels, k)
         want = (spread["min"], spread["max"])
-        out = _call(fn, labels.copy(), k, what="size_spread")
+        with without_kit(fn, cluster_size_spread, exercise="size_spread"):
+            out = _call(fn, labels.copy(), k, what="size_spread")
         if not isinstance(out, (tuple, list)) or len(out) != 2:
             raise ExerciseFailure("return two numbers: (smallest, largest)")
         got = tuple(float(_to_numpy(v, "each size").max()) for v in out)
@@ -449,7 +492,9 @@ def check_matched_agreement(fn: Callable, *, quiet: bool = False) -> None:
     for name, x, y in (("a renamed copy", a, b), ("a renamed copy with 20 % noise", a, noisy),
                        ("labels with one class split in two clusters", a, split)):
         want = cluster_accuracy(x, y)
-        got = _to_numpy(_call(fn, x.copy(), y.copy(), what="matched_agreement"), "the agreement")
+        with without_kit(fn, cluster_accuracy, exercise="matched_agreement"):
+            out = _call(fn, x.copy(), y.copy(), what="matched_agreement")
+        got = _to_numpy(out, "the agreement")
         if got.size != 1:
             raise ExerciseFailure(f"return one number (a fraction), got shape {got.shape}")
         got = float(got.ravel()[0])

@@ -2,6 +2,7 @@
 every exercise's graded cell passing on the solution and failing with the hint on the stub."""
 
 import re
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -146,7 +147,9 @@ def test_solutions_pass_every_check_and_stubs_fail_with_the_hint(built, one_torc
             ns = {"np": np, "torch": torch, "exercises": exercises, "print": lambda *a, **k: None}
             _run(solution.source, ns)
             assert editions.BEGIN_HIDDEN_TESTS in graded.source
-            _run(graded.source, ns)                                        # visible check + hidden tests pass
+            with warnings.catch_warnings():   # a warning goes to stderr, and nbgrader scores such a cell 0
+                warnings.simplefilter("error")
+                _run(graded.source, ns)                                    # visible check + hidden tests pass
             checked += 1
         stubs = [c for c in stud.cells if c.metadata.get("nbgrader", {}).get("solution") and c.cell_type == "code"]
         for stub, graded in zip(stubs, _graded(stud)):
@@ -183,3 +186,46 @@ def test_with_nbgrader_itself(built, tmp_path):
 def test_instructor_material_is_needed_for_the_instructor_edition(tmp_path):
     with pytest.raises(FileNotFoundError, match="instructor material"):
         editions.build_instructor_edition(tmp_path / "out", None, tmp_path / "nothing")
+
+
+def test_check_cells_let_run_all_go_on_in_both_editions(built):
+    """An unfinished exercise fails its check; the raises-exception tag lets "Run all" go past it (nbgrader's
+    generate_assignment keeps the tag, so its release behaves like the student edition)."""
+    for inst, stud in _all(built):
+        for nb in (inst, stud):
+            assert all("raises-exception" in c.metadata.get("tags", []) for c in _graded(nb) if c.cell_type == "code")
+
+
+def _kit_answers():
+    import test_exercises
+
+    return test_exercises.KIT_ANSWERS
+
+
+@pytest.mark.parametrize("name", ["sinkhorn_step", "size_spread", "matched_agreement"])
+def test_hidden_tests_fail_an_answer_that_only_calls_the_kit(name):
+    hidden = (MATERIAL / "hidden_tests" / f"{name}.py").read_text()
+    with pytest.raises(exercises.ExerciseFailure, match=f"{name} calls the kit's sela_edu"):
+        _run(hidden, {name: _kit_answers()[name]})
+
+
+def test_a_pip_install_is_told_what_the_instructor_edition_needs(tmp_path, monkeypatch):
+    """Without notebooks/ and instructor/ (a pip install), one error names both options and where to get
+    them, and no output folder is left behind."""
+    monkeypatch.setattr(editions, "INSTRUCTOR_DIR", tmp_path / "site-packages" / "instructor")
+    monkeypatch.setattr(editions, "_default_notebooks_dir", lambda: tmp_path / "site-packages" / "notebooks")
+    with pytest.raises(FileNotFoundError) as info:
+        editions.build_instructor_edition(tmp_path / "out")
+    assert "--source" in str(info.value) and "--material" in str(info.value) and "repository" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_invalid_notebook_leaves_no_output_folder(tmp_path):
+    source = tmp_path / "notebooks"
+    source.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("def f():\n    return 1")])
+    nb.cells[0].metadata["tags"] = ["solution"]           # a solution without its exercise stub
+    nbformat.write(nb, source / "01_broken.ipynb")
+    with pytest.raises(ValueError, match="solution cell"):
+        editions.build_instructor_edition(tmp_path / "out", source, MATERIAL)
+    assert not (tmp_path / "out").exists()

@@ -275,3 +275,49 @@ def test_the_package_ships_no_reference_answers():
     """No private reference implementation of an exercise in the module students import."""
     names = [n for n in dir(exercises) if n.startswith("_reference")]
     assert names == []
+
+
+# ---------------------------------------------------------------- answers that only call the kit
+
+def kit_sinkhorn_step(Q, a, b):
+    from sela_edu.sinkhorn import sinkhorn
+
+    return sinkhorn(-np.log(Q), a, b, 1.0, max_iter=1)
+
+
+def kit_size_spread(labels, k):
+    from sela_edu import metrics
+
+    spread = metrics.cluster_size_spread(labels, k)
+    return spread["min"], spread["max"]
+
+
+def kit_matched_agreement(a, b):
+    from sela_edu.metrics import cluster_accuracy
+
+    return cluster_accuracy(a, b)
+
+
+KIT_ANSWERS = {"sinkhorn_step": kit_sinkhorn_step, "size_spread": kit_size_spread,
+               "matched_agreement": kit_matched_agreement}
+
+
+@pytest.mark.parametrize("name", sorted(KIT_ANSWERS))
+def test_an_answer_that_only_calls_the_kit_fails(name):
+    checker, _ = exercises.EXERCISES[name]
+    with pytest.raises(ExerciseFailure, match=f"{name} calls the kit's sela_edu"):
+        checker(KIT_ANSWERS[name], quiet=True)
+
+
+def test_without_kit_replaces_every_binding_and_restores_them():
+    from sela_edu import metrics
+
+    accuracy = metrics.cluster_accuracy
+    namespace = {"cluster_accuracy": accuracy}
+    fn = eval("lambda a, b: cluster_accuracy(a, b)", namespace)   # defined in a notebook-like namespace
+    with exercises.without_kit(fn, accuracy, exercise="matched_agreement"):
+        assert metrics.cluster_accuracy is not accuracy and namespace["cluster_accuracy"] is not accuracy
+        with pytest.raises(ExerciseFailure, match="matched_agreement calls the kit's sela_edu.metrics.cluster_accuracy"):
+            fn(np.zeros(3, int), np.zeros(3, int))
+    assert metrics.cluster_accuracy is accuracy and namespace["cluster_accuracy"] is accuracy
+    assert fn(np.zeros(3, int), np.zeros(3, int)) == 1.0
