@@ -271,8 +271,9 @@ def _fitted_limits(lows: np.ndarray, highs: np.ndarray, *, scale: float, include
                    below: float = 0.35, above: float = 0.25) -> tuple[float, float]:
     """Axis limits around the finite values (``lows``/``highs``: the ends of bars and error bars), with
     a margin of ``below``/``above`` times their span: the lowest bar keeps a visible height and the
-    value labels fit above the highest. The span is at least ``_MIN_SPAN_FRACTION * scale``. An axis
-    over values that are all non-negative never goes below 0 (accuracies are not negative)."""
+    value labels fit above the highest. The span is at least ``_MIN_SPAN_FRACTION * scale``. Over values
+    that are all non-negative, an axis whose floor would lie within one span of 0 starts at 0: the
+    differences stay visible from there, and bar lengths keep their true ratios."""
     lo, hi = float(np.nanmin(lows)), float(np.nanmax(highs))
     if include_zero:
         lo, hi = min(lo, 0.0), max(hi, 0.0)
@@ -282,7 +283,7 @@ def _fitted_limits(lows: np.ndarray, highs: np.ndarray, *, scale: float, include
         lo, hi = lo - (min_span - span) / 2, hi + (min_span - span) / 2
         span = min_span
     bottom, top = lo - below * span, hi + above * span
-    if float(np.nanmin(lows)) >= 0.0 and bottom < 0.0:
+    if float(np.nanmin(lows)) >= 0.0 and bottom < span:
         bottom = 0.0
     return bottom, top
 
