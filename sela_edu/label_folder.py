@@ -30,7 +30,10 @@ Outputs in ``OUT``:
   confident images first, with the cluster's size); thumbnails are embedded, so the file opens anywhere.
 * ``skipped.txt``: ``path<TAB>reason`` for every file that got no label.
 * ``model.pt``: the network (kit format, loadable with :func:`sela_edu.pretrained.load_checkpoint_file`
-  and usable as ``--backbone`` for another folder), and ``summary.json`` (settings, sizes, timings).
+  and usable as ``--backbone`` for another folder), with the final labels and ``lam``; with a backbone,
+  ``heads.pt`` instead (the trained heads, the backbone's name and the final labels). Either one labels
+  new images without training: ``sela-edu assign`` (:mod:`sela_edu.assign`). And ``summary.json``
+  (settings, sizes, timings).
 """
 
 from __future__ import annotations
@@ -239,7 +242,8 @@ def _resolve_backbone(backbone: str, *, progress: bool):
 
 
 @torch.no_grad()
-def _scores(model: nn.Module, images: torch.Tensor, mean, std, device, batch_size: int = 512) -> list[torch.Tensor]:
+def score_images(model: nn.Module, images: torch.Tensor, mean, std, device, batch_size: int = 512) -> list[torch.Tensor]:
+    """Every head's scores (float32 N x K on the CPU) for in-memory uint8 ``images``, without augmentation."""
     from .augment import plain_transform
 
     model.eval()
@@ -248,6 +252,27 @@ def _scores(model: nn.Module, images: torch.Tensor, mean, std, device, batch_siz
         x = plain_transform(images[i:i + batch_size].to(device), mean, std)
         outs.append([o.float().cpu() for o in model(x)])
     return [torch.cat([o[h] for o in outs]) for h in range(len(outs[0]))]
+
+
+def label_step_labels(scores: Sequence[torch.Tensor], lam: float,
+                      priors: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """SeLa's label step on every head's scores: a num_heads x N LongTensor of labels.
+
+    Clusters are equal-sized, or sized by ``priors[h]`` (head h's cluster proportions). ``label`` writes
+    these as its final labels and ``assign`` computes them the same way, so both give the same labels
+    for the same scores.
+    """
+    from .sinkhorn import self_label
+
+    priors = [None] * len(scores) if priors is None else list(priors)
+    if len(priors) != len(scores):
+        raise ValueError(f"one prior (or None) per head: {len(scores)} heads, got {len(priors)} priors")
+    return torch.stack([self_label(s, lam, prior=p).labels.cpu() for s, p in zip(scores, priors)])
+
+
+def assigned_confidence(scores: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """num_heads x N: the softmax probability of each image's assigned cluster (orders the contact sheet)."""
+    return torch.stack([s.softmax(1).gather(1, labels[h].unsqueeze(1)).squeeze(1) for h, s in enumerate(scores)])
 
 
 def _features_resumable(model: nn.Module, folder: Path, paths: list[str], size: int, mean, std, device,
@@ -363,7 +388,6 @@ def label_folder(folder: str | os.PathLike, output: str | os.PathLike, *, cluste
     """
     from .labels_io import export_path_labels_csv
     from .settings import pick_device
-    from .sinkhorn import self_label
 
     t0 = time.perf_counter()
     folder, output = Path(folder), Path(output)
@@ -399,12 +423,12 @@ def label_folder(folder: str | os.PathLike, output: str | os.PathLike, *, cluste
                                                     batch_size=batch_size or 256, progress=progress)
         with torch.no_grad():
             scores = heads_model(features)
-        results = self_label(scores, lam)
-        labels = torch.stack([r.labels.cpu() for r in results])
-        confidence = torch.stack([s.softmax(1).gather(1, labels[h].unsqueeze(1)).squeeze(1)
-                                  for h, s in enumerate(scores)])
+        labels = label_step_labels(scores, lam)
+        confidence = assigned_confidence(scores, labels)
+        # labels and lam travel with the heads so that `sela-edu assign` can size clusters as trained
         torch.save({"backbone": str(backbone), "image_size": size, "mean": list(mean), "std": list(std),
-                    "heads": heads_model.state_dict(), "head_sizes": ks}, output / "heads.pt")
+                    "heads": heads_model.state_dict(), "head_sizes": ks, "labels": labels, "lam": float(lam)},
+                   output / "heads.pt")
         result_model = heads_model
         extra = {"backbone": description, "feature_dim": int(features.shape[1])}
         mode = "backbone"
@@ -434,7 +458,7 @@ def _check_enough(n: int, ks: list[int]) -> None:
 def _label_random(loaded: LoadedImages, ks, *, epochs, size, batch_size, lam, seed, device, ckpt_dir, progress,
                   callback, output):
     from .data import ImageData
-    from .trainer import config_from_preset, relabel, train
+    from .trainer import config_from_preset, train
 
     n = len(loaded.paths)
     mean, std = _channel_stats(loaded.images)
@@ -450,12 +474,14 @@ def _label_random(loaded: LoadedImages, ks, *, epochs, size, batch_size, lam, se
     result = train(config, data, progress=progress, callback=callback)
     model = result.model
     dev = next(model.parameters()).device
-    results = relabel(model, data, lam=float(lam), device=dev)
-    labels = torch.stack([r.labels.cpu() for r in results])
-    scores = _scores(model, loaded.images, mean, std, dev)
-    confidence = torch.stack([s.softmax(1).gather(1, labels[h].unsqueeze(1)).squeeze(1) for h, s in enumerate(scores)])
+    # one scoring pass serves both the final labels and their confidence
+    scores = score_images(model, loaded.images, mean, std, dev)
+    labels = label_step_labels(scores, float(lam))
+    confidence = assigned_confidence(scores, labels)
+    # the final labels and lam are kept so that `sela-edu assign` can size clusters as trained
     torch.save({"build_kwargs": dict(model.build_kwargs), "state_dict": model.state_dict(),
-                "data": {"mean": list(mean), "std": list(std)}}, output / "model.pt")
+                "data": {"mean": list(mean), "std": list(std)}, "labels": labels, "lam": float(lam)},
+               output / "model.pt")
     extra = {"epochs": epochs, "batch_size": bs, "relabels": config.nopts, "arch": "smallcnn",
              "train_seconds": round(float(result.timings.get("seconds", 0.0)), 1)}
     return model, labels, confidence, list(result.history), extra
@@ -536,5 +562,6 @@ def write_contact_sheet(path: Path, folder: Path, paths: Sequence[str], labels: 
     return path
 
 
-__all__ = ["LoadedImages", "LabelFolderResult", "list_files", "load_folder_images",
-           "label_folder", "default_epochs", "write_contact_sheet", "write_skipped"]
+__all__ = ["LoadedImages", "LabelFolderResult", "list_files", "load_folder_images", "label_folder",
+           "default_epochs", "score_images", "label_step_labels", "assigned_confidence", "write_contact_sheet",
+           "write_skipped"]

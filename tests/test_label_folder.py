@@ -84,6 +84,9 @@ def test_label_command_writes_labels_sheet_and_skipped(folder, tmp_path, capsys)
     # the saved network loads as a kit checkpoint and can serve as a backbone
     pre = load_checkpoint_file(out / "model.pt")
     assert pre.layout == "kit" and pre.arch == "smallcnn" and pre.model.num_clusters == [3, 3]
+    # it keeps the final labels (in labels.csv's order) and lambda: `sela-edu assign` sizes clusters from them
+    assert torch.equal(pre.labels, labels)
+    assert torch.load(out / "model.pt", weights_only=True)["lam"] == 10.0
 
 
 def test_resume_after_interruption(folder, tmp_path):
@@ -120,6 +123,8 @@ def test_backbone_from_a_checkpoint_file(folder, tmp_path):
     assert (tmp_path / "second" / "checkpoints" / "features.pt").is_file()
     summary = json.loads((tmp_path / "second" / "summary.json").read_text())
     assert summary["heads"] == [3, 4] and "checkpoint model.pt" in summary["backbone"]
+    heads = torch.load(tmp_path / "second" / "heads.pt", weights_only=True)
+    assert torch.equal(heads["labels"], result.labels) and heads["head_sizes"] == [3, 4]
 
 
 def test_errors_are_clear(tmp_path, folder):
