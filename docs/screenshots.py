@@ -1,8 +1,12 @@
-"""Screenshots of the course in JupyterLab, taken by a real browser: 01's eps slider and 03's cluster browser.
+"""Screenshots of the course taken by a real browser: 01's eps slider and 03's cluster browser in JupyterLab,
+and the front page of an executed run of the series (``index.html``, read without Jupyter).
 
-Command (from the top of the kit; needs Chromium, e.g. Debian's `apt-get install chromium`)::
+Commands (from the top of the kit; need Chromium, e.g. Debian's `apt-get install chromium`)::
 
-    .venv/bin/python docs/screenshots.py            # -> docs/screenshot_01_slider.png, docs/screenshot_03_browser.png
+    .venv/bin/python docs/screenshots.py            # all three, below
+    .venv/bin/python docs/screenshots.py --which jupyterlab   # docs/screenshot_01_slider.png, screenshot_03_browser.png
+    .venv/bin/python docs/screenshots.py --which index        # docs/screenshot_index.png: runs the smoke series first
+    .venv/bin/python docs/screenshots.py --which index --run results/run   # ... of a run already made
 
 What it does: builds two small notebooks in a temporary folder (the first cells of
 ``notebooks/01_optimal_transport_toy.ipynb`` up to its slider; and a scratch notebook that trains the
@@ -10,7 +14,9 @@ smoke profile on the digits and calls ``sela_edu.cluster_browser.browse``), star
 headless on 127.0.0.1 with a random token; drives headless Chromium over its DevTools protocol to open
 each notebook, run all its cells in the live kernel (JupyterLab's own "Run All" command) and take a
 screenshot once the widgets are drawn. Everything stays on the loopback interface,
-and the server is stopped at the end.
+and the server is stopped at the end. For the index: ``sela-edu run --profile smoke`` into a temporary
+folder (``SELA_DATA_ROOT`` as set), then the same headless Chromium opens its ``index.html`` from disk
+and shoots the whole page.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -145,10 +152,19 @@ class Browser:
             if self.js(expression):
                 return
             time.sleep(0.5)
-        raise TimeoutError(f"JupyterLab did not get there within {seconds:.0f} s: {what or expression}")
+        raise TimeoutError(f"the page did not get there within {seconds:.0f} s: {what or expression}")
 
     def screenshot(self, target: Path) -> None:
         target.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"]))
+
+    def screenshot_whole_page(self, target: Path, width: int = 1400) -> None:
+        """The page from top to bottom: the window is made as tall as the document first."""
+        height = int(self.js("document.documentElement.scrollHeight"))
+        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        try:
+            self.screenshot(target)
+        finally:
+            self.send("Emulation.clearDeviceMetricsOverride")
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -180,12 +196,8 @@ def run_and_shoot(browser: Browser, url: str, name: str, target: Path, scroll_to
     browser.screenshot(target)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", default=str(ROOT / "docs"))
-    args = parser.parse_args(argv)
-    out = Path(args.output).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+def shoot_jupyterlab(out: Path) -> None:
+    """01's slider and 03's cluster browser, run live in JupyterLab."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "nb").mkdir()
@@ -223,6 +235,47 @@ def main(argv=None) -> int:
                 server.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
+
+
+def smoke_run(folder: Path) -> Path:
+    """Run the series at the smoke profile into ``folder`` with the kit's own command; return the folder."""
+    cmd = [str(Path(sys.executable).with_name("sela-edu")), "run", "--profile", "smoke", "--output", str(folder)]
+    print("running", shlex.join(cmd))
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return folder
+
+
+def shoot_index(out: Path, run: Path | None) -> None:
+    """The front page of an executed run (``run``, or a smoke run made now), opened from disk."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(run).resolve() if run else smoke_run(Path(tmp) / "run")
+        index = folder / "index.html"
+        if not index.is_file():
+            raise FileNotFoundError(f"no {index}: make it with `sela-edu site {folder}`")
+        browser = Browser()
+        try:
+            browser.send("Page.navigate", url=index.as_uri())
+            browser.until("document.readyState === 'complete' && !!document.querySelector('table')", seconds=30,
+                          what="the index page loaded")
+            browser.screenshot_whole_page(out / "screenshot_index.png")
+        finally:
+            browser.close()
+    print(f"{out / 'screenshot_index.png'} ({(out / 'screenshot_index.png').stat().st_size // 1024} KB)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", default=str(ROOT / "docs"))
+    parser.add_argument("--which", choices=["all", "jupyterlab", "index"], default="all")
+    parser.add_argument("--run", default=None,
+                        help="for the index: a run folder already made (default: a smoke run now)")
+    args = parser.parse_args(argv)
+    out = Path(args.output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.which in ("all", "jupyterlab"):
+        shoot_jupyterlab(out)
+    if args.which in ("all", "index"):
+        shoot_index(out, Path(args.run) if args.run else None)
     return 0
 
 

@@ -93,12 +93,21 @@ def load_results(folder: str | os.PathLike) -> dict[str, dict]:
     return out
 
 
-def _fmt(value) -> str:
+def format_value(value) -> str:
+    """A measured or paper value as the tables show it: "-" for none, floats to 3 significant digits
+    below 1 and one decimal above."""
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1 else f"{value:.1f}"
     return str(value)
+
+
+def measure_rows(record: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """A record's values as (measure, measured, paper) strings, the paper's figure where
+    :data:`PAPER_RESULTS` has the same key (else "-"). The text and the HTML summaries both use it."""
+    return [(key, format_value(value), format_value(PAPER_RESULTS.get(key, (None, ""))[0]))
+            for key, value in (record.get("values") or {}).items()]
 
 
 def summary_table(records: Mapping[str, dict], statuses: Mapping[str, str] | None = None) -> str:
@@ -111,13 +120,12 @@ def summary_table(records: Mapping[str, dict], statuses: Mapping[str, str] | Non
         status = (statuses or {}).get(name, "ok")
         if len(status) > 48:  # the full message is printed with the run; keep the table readable
             status = status[:45] + "..."
-        values = records.get(name, {}).get("values", {})
-        if not values:
+        measures = measure_rows(records.get(name, {}))
+        if not measures:
             rows.append((name, status, "", "", ""))
             continue
-        for i, (key, value) in enumerate(values.items()):
-            paper = PAPER_RESULTS.get(key, (None, ""))[0]
-            rows.append((name if i == 0 else "", status if i == 0 else "", key, _fmt(value), _fmt(paper)))
+        for i, measure in enumerate(measures):
+            rows.append((name if i == 0 else "", status if i == 0 else "", *measure))
     widths = [max(len(r[c]) for r in rows) for c in range(5)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -128,4 +136,4 @@ def summary_table(records: Mapping[str, dict], statuses: Mapping[str, str] | Non
     return "\n".join(lines)
 
 
-__all__ = ["PAPER_RESULTS", "record_result", "load_results", "summary_table"]
+__all__ = ["PAPER_RESULTS", "record_result", "load_results", "format_value", "measure_rows", "summary_table"]

@@ -24,6 +24,7 @@ from typing import Any
 from .. import settings
 from .profiles import STATIC_ENV, check_profile
 from .results import load_results, summary_table
+from .site import INDEX_NAME, read_notebook, try_write_page, write_index
 
 NOTEBOOKS_DIR = settings.REPO_ROOT / "notebooks"
 
@@ -221,6 +222,76 @@ class RunStatus:
     output: Path | None = None
 
 
+#: A run's own record of its notebooks' statuses, beside its notebooks/ and results/ folders.
+RUN_RECORD = "run.json"
+
+
+def save_run_statuses(output: str | os.PathLike, statuses: Iterable[RunStatus], profile: str | None) -> Path:
+    """Write ``<output>/run.json`` (profile; each notebook's status, detail and seconds), so that the run's
+    pages can be rebuilt later (``sela-edu site``) with the skipped notebooks and the failures' reasons."""
+    record = {"profile": profile,
+              "notebooks": [{"name": s.name, "status": s.status, "detail": s.detail, "seconds": s.seconds}
+                            for s in statuses]}
+    path = Path(output) / RUN_RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _series_order(names: Iterable[str]) -> list[str]:
+    order = {info.name: i for i, info in enumerate(NOTEBOOKS)}
+    return sorted(names, key=lambda n: (order.get(n, len(order)), n))
+
+
+def _papermill_status(path: Path) -> tuple[RunStatus, str | None]:
+    """What papermill wrote into an executed notebook: its time, whether a cell raised (and what), its profile."""
+    nb = read_notebook(path)
+    meta = nb.metadata.get("papermill", {})
+    errors = [f"{o.get('ename', 'error')}: {o.get('evalue', '')}" for c in nb.cells if c.cell_type == "code"
+              for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    failed = bool(meta.get("exception")) or bool(errors)
+    status = RunStatus(path.stem, "failed" if failed else "ok", errors[-1][:200] if errors else "",
+                       float(meta.get("duration") or 0.0), path)
+    return status, (meta.get("parameters") or {}).get("profile")
+
+
+def statuses_from_notebooks(output: str | os.PathLike) -> tuple[list[RunStatus], str | None]:
+    """For a run folder without ``run.json`` (made before it was written): the statuses papermill left in
+    ``<output>/notebooks/*.ipynb``, in series order, and the profile they ran at."""
+    folder = Path(output) / "notebooks"
+    pairs = [_papermill_status(folder / f"{name}.ipynb")
+             for name in _series_order(p.stem for p in folder.glob("*.ipynb"))]
+    profiles = {profile for _, profile in pairs if profile}
+    return [s for s, _ in pairs], (profiles.pop() if len(profiles) == 1 else None)
+
+
+def load_run_statuses(output: str | os.PathLike) -> tuple[list[RunStatus], str | None]:
+    """A finished (or interrupted) run's statuses and profile: from ``run.json``, else from the notebooks."""
+    path = Path(output) / RUN_RECORD
+    if not path.is_file():
+        return statuses_from_notebooks(output)
+    try:
+        record = json.loads(path.read_text())
+        statuses = [RunStatus(n["name"], n["status"], n.get("detail", ""), float(n.get("seconds", 0.0)),
+                              Path(output) / "notebooks" / f"{n['name']}.ipynb") for n in record["notebooks"]]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path} is not a run record ({type(exc).__name__}: {exc}); delete it to rebuild the "
+                         "pages from the executed notebooks alone") from exc
+    return statuses, record.get("profile")
+
+
+def _publish(output: Path, statuses: list[RunStatus], profile: str, say: Callable[[str], None]) -> None:
+    """After each notebook: the run record, the notebook's HTML page and the index, so that a run can be
+    read in a browser while it goes on, and after an interruption."""
+    save_run_statuses(output, statuses, profile)
+    last = statuses[-1]
+    if last.output is not None and last.output.is_file():
+        try_write_page(last.output, say)
+    write_index(output, statuses, profile=profile)
+
+
 def _progress_bar(total: float, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -233,7 +304,7 @@ def run_series(profile: str = "classroom", output: str | os.PathLike = "results/
                only: Sequence[str] | None = None, parameters: Mapping[str, Any] | None = None,
                data_root: str | os.PathLike | None = None, figures_dir: str | os.PathLike | None = None,
                timeout: int | None = None, log: Callable[[str], None] | None = None,
-               progress: bool = True) -> list[RunStatus]:
+               progress: bool = True, pages: bool = True) -> list[RunStatus]:
     """Run the series (or the notebooks named in ``only``) with papermill at ``profile``.
 
     First the CPU data set is settled once (:func:`sela_edu.data.cpu_dataset`: Fashion-MNIST from the
@@ -244,6 +315,8 @@ def run_series(profile: str = "classroom", output: str | os.PathLike = "results/
     ``figures_dir``), measured numbers to ``<output>/results/``, each kernel's stderr to
     ``<output>/notebooks/<name>.kernel.log``. A notebook whose data set is absent is skipped
     (reported, not failed); one that raises is reported as failed and the series goes on.
+    With ``pages`` (the default), after each notebook its HTML page goes beside it and
+    ``<output>/index.html`` and ``<output>/run.json`` are brought up to date (:mod:`.site`).
     """
     from tqdm.auto import tqdm
 
@@ -274,6 +347,8 @@ def run_series(profile: str = "classroom", output: str | os.PathLike = "results/
                 where = Path(data_root) if data_root else settings.data_root()
                 statuses.append(RunStatus(info.name, "skipped", f"no {needed} data under {where}"))
                 say(f"[skip] {info.name}: no {needed} data under {where}")
+                if pages:
+                    _publish(output, statuses, profile, say)
                 bar.update(weight)
                 continue
             target = output / "notebooks" / f"{info.name}.ipynb"
@@ -291,6 +366,8 @@ def run_series(profile: str = "classroom", output: str | os.PathLike = "results/
                 detail = next((line for line in reversed(first) if line.strip()), type(exc).__name__)
                 statuses.append(RunStatus(info.name, "failed", detail[:200], time.perf_counter() - start, target))
                 say(f"[fail] {info.name} after {time.perf_counter() - start:.0f} s: {detail[:200]}")
+            if pages:
+                _publish(output, statuses, profile, say)
             bar.update(weight)
     finally:
         bar.close()
@@ -299,8 +376,8 @@ def run_series(profile: str = "classroom", output: str | os.PathLike = "results/
 
 def series_summary(output: str | os.PathLike, statuses: Iterable[RunStatus], *,
                    figures_dir: str | os.PathLike | None = None) -> str:
-    """The summary table for a finished :func:`run_series`, ending with where the executed notebooks
-    and figures are."""
+    """The summary table for a finished :func:`run_series`, ending with where its pages, the executed
+    notebooks and figures are."""
     statuses = list(statuses)
     status_map = {}
     for s in statuses:
@@ -308,11 +385,14 @@ def series_summary(output: str | os.PathLike, statuses: Iterable[RunStatus], *,
     output = Path(output)
     figures = Path(figures_dir) if figures_dir else output / "figures"
     total = sum(s.seconds for s in statuses)
+    index = output / INDEX_NAME
     return (summary_table(load_results(output), status_map)
-            + f"\n\nexecuted notebooks: {output / 'notebooks'}\nfigures: {figures}\nresults (JSON): "
+            + (f"\n\npages to read in a browser: {index}" if index.is_file() else "\n")
+            + f"\nexecuted notebooks: {output / 'notebooks'}\nfigures: {figures}\nresults (JSON): "
               f"{output / 'results'}\nnotebook time in all: {total:.0f} s")
 
 
 __all__ = ["NOTEBOOKS", "NOTEBOOKS_DIR", "CPU_NOTEBOOKS", "NotebookInfo", "notebook_path", "parse_value",
            "kernel_name", "quiet_kernel_manager", "execute_notebook", "stored_output_environment",
-           "refresh_stored_outputs", "RunStatus", "run_series", "series_summary"]
+           "refresh_stored_outputs", "RunStatus", "RUN_RECORD", "save_run_statuses", "statuses_from_notebooks",
+           "load_run_statuses", "run_series", "series_summary"]
