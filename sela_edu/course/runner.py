@@ -183,6 +183,10 @@ def execute_notebook(name: str | os.PathLike, output_path: str | os.PathLike, pa
         )
 
 
+#: nbval's tag for a cell that runs but whose output is not compared; the kit stores such cells empty
+UNSTORED_TAG = "nbval-ignore-output"
+
+
 def stored_output_environment(data_root: str | os.PathLike) -> dict[str, str]:
     """The environment under which the notebooks committed with outputs are executed, both when their
     outputs are refreshed and when nbval compares them: static figures, no downloads and an empty data
@@ -190,18 +194,20 @@ def stored_output_environment(data_root: str | os.PathLike) -> dict[str, str]:
     return {STATIC_ENV: "1", settings.OFFLINE_ENV: "1", settings.DATA_ROOT_ENV: str(data_root)}
 
 
-def refresh_stored_outputs(name: str | os.PathLike, *, timeout: int = 600) -> Path:
+def refresh_stored_outputs(name: str | os.PathLike, *, figures_dir: str | os.PathLike | None = None,
+                           timeout: int = 600) -> Path:
     """Re-execute a notebook that is committed with its outputs (01 and 02, compared by nbval) in place,
     at its default parameters, under :func:`stored_output_environment` and without papermill's
     metadata, so the stored outputs match what nbval will compute. Run after changing anything those
-    notebooks print."""
+    notebooks print. Its figures go to ``figures_dir`` (``sela-edu refresh``: the committed ``figures/``),
+    else to a temporary folder."""
     import nbformat
     from nbclient import NotebookClient
 
     path = notebook_path(name)
     nb = nbformat.read(path, as_version=4)
     with tempfile.TemporaryDirectory() as tmp:
-        env = {settings.RESULTS_ENV: tmp, settings.FIGURES_ENV: str(Path(tmp) / "figures"),
+        env = {settings.RESULTS_ENV: tmp, settings.FIGURES_ENV: str(Path(figures_dir or Path(tmp) / "figures")),
                **stored_output_environment(Path(tmp) / "no-data")}
         with _environ(env):
             NotebookClient(nb, timeout=timeout, kernel_name=kernel_name(),
@@ -209,6 +215,9 @@ def refresh_stored_outputs(name: str | os.PathLike, *, timeout: int = 600) -> Pa
                            resources={"metadata": {"path": str(path.parent)}}).execute()
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
+        if UNSTORED_TAG in cell.metadata.get("tags", []):
+            # its output follows a training run or this machine's rounding: storing it would fail elsewhere
+            cell.outputs, cell.execution_count = [], None
     nbformat.write(nb, path)
     return path
 
@@ -340,8 +349,8 @@ def run_series(profile: str = "classroom", output: str | os.PathLike = "results/
         for info in chosen:
             weight = round(info.expected_seconds(profile))
             params = {"profile": profile, "output_dir": str(output), **dict(parameters or {})}
-            if data_root:
-                params["data_root"] = str(data_root)
+            if data_root:   # absolute: the kernels run in the notebooks' folder, not here
+                params["data_root"] = _absolute(data_root)
             needed = info.required_dataset(profile, params)
             if needed and not data_module.available(needed, data_root):
                 where = Path(data_root) if data_root else settings.data_root()
@@ -393,6 +402,6 @@ def series_summary(output: str | os.PathLike, statuses: Iterable[RunStatus], *,
 
 
 __all__ = ["NOTEBOOKS", "NOTEBOOKS_DIR", "CPU_NOTEBOOKS", "NotebookInfo", "notebook_path", "parse_value",
-           "kernel_name", "quiet_kernel_manager", "execute_notebook", "stored_output_environment",
+           "kernel_name", "quiet_kernel_manager", "execute_notebook", "UNSTORED_TAG", "stored_output_environment",
            "refresh_stored_outputs", "RunStatus", "RUN_RECORD", "save_run_statuses", "statuses_from_notebooks",
            "load_run_statuses", "run_series", "series_summary"]
