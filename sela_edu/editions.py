@@ -9,7 +9,8 @@ comments, so such a cell runs as the solution).
 * :func:`instructor_notebook` turns a solution-edition notebook into an nbgrader *source* notebook:
   each stub and its solution become one cell whose answer sits between ``### BEGIN SOLUTION`` and
   ``### END SOLUTION`` (nbgrader metadata ``solution``); each cell that calls a checker becomes an
-  autograded test cell (``grade``, ``points``, ``locked``) and receives the hidden tests from the
+  autograded test cell (``grade``, ``points``, ``locked``; tagged ``raises-exception``, which nbgrader's
+  release keeps, so "Run all" goes past an unfinished exercise) and receives the hidden tests from the
   instructor material between ``### BEGIN HIDDEN TESTS`` / ``### END HIDDEN TESTS``; the written
   answers to the open exercises are added as a manually graded answer cell; instructions (markdown)
   and check cells are locked (read-only). Put it in nbgrader's ``source/<assignment>/`` and
@@ -170,6 +171,8 @@ def instructor_notebook(nb, name: str, material: str | os.PathLike | None = None
             _allow_error(cell)
         elif "check" in tags or cell.cell_type == "markdown":
             cell.metadata["nbgrader"] = _meta(unique(f"{stem}_cell{i}"), locked=True)
+            if cell.cell_type == "code":     # it calls the student's function too (not graded)
+                _allow_error(cell)
 
     answers = _written_answers(stem, material)
     if answers:

@@ -28,7 +28,7 @@ import re
 import shutil
 from pathlib import Path
 
-from traitlets import Unicode, validate
+from traitlets import Bool, Unicode, validate
 from nbconvert.preprocessors import Preprocessor
 
 from .profiles import PROFILES, check_profile
@@ -50,6 +50,8 @@ class SetProfile(Preprocessor):
     """Run a notebook at the configured profile: insert a cell that sets ``profile`` and ``output_dir``
     right after the cell tagged ``parameters`` (at the top when there is none)."""
 
+    #: nbconvert's preprocessors are off unless enabled; this one is on wherever it is listed
+    enabled = Bool(True).tag(config=True)
     profile = Unicode("smoke", help=f"the profile every autograde runs at: one of {', '.join(PROFILES)}"
                       ).tag(config=True)
     output_dir = Unicode(RESULTS_FOLDER, help="results folder of the run, relative to the notebook"
