@@ -36,8 +36,9 @@ from .profiles import PROFILES, check_profile
 __all__ = ["SetProfile", "init_course", "course_config", "autograde_preprocessors", "feedback_preprocessors",
            "CELL_TIMEOUT", "RESULTS_FOLDER", "COURSE_IGNORE"]
 
-#: seconds a cell may run during autograde: the slowest cell at the smoke profile took 51 s on a shared
-#: 2-core machine (05's training comparison); four times that leaves room for a slower grading machine
+#: seconds a cell may run during autograde: the slowest cell at the smoke profile (05's training comparison)
+#: took 36-38 s in the autograde run of instructor/README.md and up to 51 s in another, on busy 2-core
+#: machines; about four times that leaves room for a slower grading machine
 CELL_TIMEOUT = 200
 #: where an autograded notebook writes results and checkpoints (next to it)
 RESULTS_FOLDER = "results"
