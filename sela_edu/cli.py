@@ -3,10 +3,12 @@
 Examples::
 
     sela-edu run                                  # the series at the classroom profile -> results/run
-    sela-edu run --profile smoke --output /tmp/s  # seconds per notebook
+    sela-edu run --profile smoke --output /tmp/s  # seconds per notebook; /tmp/s/index.html to read it in a browser
+    sela-edu site results/run                     # (re)build a run's HTML pages and index.html
     sela-edu notebook 04_cifar_and_svhn -p profile paper -p dataset cifar100
     sela-edu student --output student/            # the release for students (nbgrader's format)
     sela-edu instructor --output instructor_edition/   # nbgrader source: solutions, hidden tests, answers
+    sela-edu course init mycourse/                # an nbgrader course folder (config + assignment source)
     sela-edu train --preset classroom -s epochs 3           # training without a notebook
     sela-edu imagenet-command --gpus 8 --arch resnet50      # prints the torchrun line for ImageNet
     sela-edu refresh 01 02                        # re-execute the notebooks committed with outputs
@@ -17,7 +19,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -76,6 +77,14 @@ def _cmd_run(args) -> int:
     return 1 if any(s.status == "failed" for s in statuses) else 0
 
 
+def _cmd_site(args) -> int:
+    from .course.site import build_site
+
+    index = build_site(args.folder)
+    print(f"pages of the run: {index}")
+    return 0
+
+
 def _cmd_notebook(args) -> int:
     params = _parameters(args.param)
     src = course.notebook_path(args.name)
@@ -107,16 +116,29 @@ def _cmd_instructor(args) -> int:
     for p in paths:
         print(p)
     print(f"instructor edition (nbgrader source): {len(paths)} notebooks in {args.output}; for nbgrader copy them to "
-          "source/<assignment>/ and run `nbgrader generate_assignment <assignment>`")
+          "source/<assignment>/ and run `nbgrader generate_assignment <assignment>` (`sela-edu course init DIR` "
+          "makes the whole course folder, configured)")
+    return 0
+
+
+def _cmd_course_init(args) -> int:
+    from .course.nbgrader_course import init_course
+
+    paths = init_course(args.directory, course_id=args.course_id, assignment=args.assignment, profile=args.profile,
+                        timeout=args.timeout, source=args.source, material=args.material)
+    for p in paths:
+        print(p)
+    print(f"nbgrader course in {args.directory}: `cd {args.directory} && nbgrader generate_assignment "
+          f"{args.assignment}` (run nbgrader with this environment's bin/ on PATH: it calls alembic)")
     return 0
 
 
 def _cmd_refresh(args) -> int:
     names = args.names or list(STORED_OUTPUT_NOTEBOOKS)
     # the committed figures/ are the stored notebooks' figures: refreshing them is the one run that writes there
-    os.environ.setdefault(settings.FIGURES_ENV, str(settings.REPO_ROOT / "figures"))
+    figures = Path(args.figures) if args.figures else settings.REPO_ROOT / "figures"
     for name in names:
-        path = course.refresh_stored_outputs(name, timeout=args.timeout)
+        path = course.refresh_stored_outputs(name, figures_dir=figures, timeout=args.timeout)
         print(f"re-executed {path} in place")
     return 0
 
@@ -217,6 +239,22 @@ def _cmd_label(args) -> int:
     return 0
 
 
+def _cmd_assign(args) -> int:
+    """Assign a folder's images to a trained model's clusters, without training (sela_edu.assign)."""
+    from .assign import assign_folder
+
+    result = assign_folder(args.folder, args.model, args.output, mode=args.mode, lam=args.lam,
+                           batch_size=args.batch_size, device=args.device, per_cluster=args.per_cluster,
+                           progress=not args.quiet)
+    out = result.output
+    sizes = "; ".join(f"{sum(s > 0 for s in row)} of {len(row)} clusters used, sizes {min(row)}-{max(row)}"
+                      for row in result.cluster_sizes)
+    print(f"assigned {len(result.paths)} images in {result.seconds:.0f} s ({len(result.skipped)} skipped) to "
+          f"{result.description}, mode {result.mode}; per head: {sizes}")
+    print(f"labels -> {out / 'labels.csv'}; contact sheet -> {out / 'index.html'}; skipped -> {out / 'skipped.txt'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sela-edu", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -235,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", help="notebook names or numbers (default: the whole series)")
     common(p)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("site", help="(re)build the HTML pages and index.html of a finished run folder")
+    p.add_argument("folder", help="the run's --output folder (it holds notebooks/ and results/)")
+    p.set_defaults(func=_cmd_site)
 
     p = sub.add_parser("notebook", help="run one notebook with any parameters")
     p.add_argument("name", help="e.g. 04_cifar_and_svhn, or just 04")
@@ -255,8 +297,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--material", default=None, help="instructor material (default instructor/ of the kit)")
     p.set_defaults(func=_cmd_instructor)
 
+    p = sub.add_parser("course", help="an nbgrader course for the kit's notebooks")
+    course_sub = p.add_subparsers(dest="course_command", required=True)
+    p = course_sub.add_parser("init", help="write an nbgrader course folder: nbgrader_config.py and the assignment's "
+                                           "source notebooks (instructor edition)")
+    p.add_argument("directory", help="the new course folder (must not exist, or be empty)")
+    p.add_argument("--course-id", default="sela")
+    p.add_argument("--assignment", default="sela", help="assignment name (default sela)")
+    p.add_argument("--profile", default="smoke", choices=course.PROFILES,
+                   help="the profile every autograde runs at (default smoke)")
+    p.add_argument("--timeout", type=int, default=None, help="seconds per cell during autograde (default: sized for smoke)")
+    p.add_argument("--source", default=None, help="folder of solution notebooks (default notebooks/ of a clone)")
+    p.add_argument("--material", default=None, help="instructor material (default instructor/ of a clone)")
+    p.set_defaults(func=_cmd_course_init)
+
     p = sub.add_parser("refresh", help="re-execute the notebooks committed with outputs, in place")
     p.add_argument("names", nargs="*", help=f"default: {', '.join(STORED_OUTPUT_NOTEBOOKS)}")
+    p.add_argument("--figures", default=None, help="folder for their figures (default: the committed figures/)")
     p.add_argument("--timeout", type=int, default=600)
     p.set_defaults(func=_cmd_refresh)
 
@@ -299,6 +356,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="start over instead of resuming from OUTPUT/checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_label)
+
+    p = sub.add_parser("assign", help="put the images of a folder into a trained model's clusters, without training")
+    p.add_argument("folder", help="folder of images (read as `label` reads them)")
+    p.add_argument("--model", required=True,
+                   help="model.pt or heads.pt written by `sela-edu label`, a training checkpoint, or a released "
+                        "model (name or file)")
+    p.add_argument("--output", required=True, help="folder for labels.csv, index.html, skipped.txt, summary.json")
+    p.add_argument("--mode", default="argmax", choices=["argmax", "equal", "prior"],
+                   help="argmax: each head's best cluster; equal: the label step with equal-sized clusters; "
+                        "prior: the label step with the trained clusters' sizes (default argmax)")
+    p.add_argument("--lam", type=float, default=None, help="label step's lambda (default: the model's own, else 10)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--per-cluster", type=int, default=24, help="thumbnails per cluster on the contact sheet")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_assign)
     return parser
 
 
@@ -307,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"sela-edu: error: {exc}", file=sys.stderr)
         return 2
 

@@ -312,3 +312,14 @@ def test_refreshed_notebook_saves_its_figures_where_asked(tmp_path):
     nb = nbformat.read(copy, as_version=4)
     unstored = [c for c in nb.cells if course.UNSTORED_TAG in c.metadata.get("tags", [])]
     assert unstored and not any(c.outputs for c in unstored)   # 01's widget cell is stored empty
+
+
+def test_series_hands_the_kernels_an_absolute_data_root(tmp_path, monkeypatch):
+    # the kernels run in notebooks/: a relative --data-root must reach them resolved from where it was given
+    from sela_edu.course import runner
+
+    seen = []
+    monkeypatch.setattr(runner, "execute_notebook", lambda name, target, params, **kw: seen.append(params))
+    monkeypatch.chdir(tmp_path)
+    runner.run_series("smoke", tmp_path / "run", only=["01"], data_root="rel/data", progress=False, pages=False)
+    assert seen and seen[0]["data_root"] == str(tmp_path / "rel" / "data")
