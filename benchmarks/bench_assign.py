@@ -4,7 +4,7 @@ Trains with `sela-edu label` on N training images written as PNG files (the fold
 ``bench_label_folder.py``: three sub-folders, one non-image file and one corrupt PNG), then writes M images
 of the *test* split as PNG files in the same way (their hidden classes in a CSV outside the folder) and
 assigns them with each mode of `sela-edu assign` (argmax, equal, prior). Prints the wall time of every
-command and the NMI / ARI / cluster accuracy against the hidden classes (`sela_edu.metrics`), beside the
+command and the NMI / ARI / cluster accuracy against the hidden classes (`sela_edu.evaluation.metrics`), beside the
 training images' own figures (the labels `label` wrote), and whether `assign --mode equal` on the
 training folder gives back exactly the labels `label` wrote.
 
@@ -66,8 +66,8 @@ def run(cmd: list[str]) -> float:
 
 def scores_against_truth(labels_csv: Path, truth_csv: Path, head_sizes: list[int]) -> list[dict]:
     """Per head of ``head_sizes`` clusters: NMI, ARI, cluster accuracy (K = 10 only), the cluster sizes' range."""
-    from sela_edu.labels_io import read_path_labels_csv
-    from sela_edu.metrics import ari, cluster_accuracy, nmi
+    from sela_edu.training import read_path_labels_csv
+    from sela_edu.evaluation.metrics import ari, cluster_accuracy, nmi
 
     with open(truth_csv, newline="") as handle:
         truth = {row["path"]: int(row["class"]) for row in csv.DictReader(handle)}
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "sela-assign-bench"))
     args = parser.parse_args(argv)
 
-    from sela_edu.labels_io import read_path_labels_csv
+    from sela_edu.training import read_path_labels_csv
 
     work = Path(args.work)
     train_folder, test_folder = work / f"fashion{args.train_images}", work / f"fashion-test{args.test_images}"

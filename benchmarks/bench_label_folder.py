@@ -4,7 +4,7 @@ Writes N images (default 2,000, drawn with a fixed seed from the training set) a
 class folders (three sub-folders by position, plus one non-image file and one corrupt PNG, which must be
 skipped), keeps their hidden classes in a CSV *outside* the folder, runs the `sela-edu label` command,
 and prints its wall time and the NMI / ARI / cluster accuracy of every head's labels against the hidden
-classes (`sela_edu.metrics`).
+classes (`sela_edu.evaluation.metrics`).
 
     SELA_DATA_ROOT=/path/to/data python benchmarks/bench_label_folder.py --images 2000 --clusters 10
 """
@@ -58,8 +58,8 @@ def main(argv=None) -> int:
     parser.add_argument("--extra", default="", help="more arguments for sela-edu label")
     args = parser.parse_args(argv)
 
-    from sela_edu.labels_io import read_path_labels_csv
-    from sela_edu.metrics import ari, cluster_accuracy, nmi
+    from sela_edu.training import read_path_labels_csv
+    from sela_edu.evaluation.metrics import ari, cluster_accuracy, nmi
 
     work = Path(args.work)
     folder = work / f"fashion{args.images}"

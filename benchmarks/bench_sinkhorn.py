@@ -7,7 +7,7 @@
 Score kinds (lambda 25 unless --lam):
   * ``normal``: standard-normal logits, easy (tens of plain Sinkhorn iterations); the kit's earlier
     benchmark used them, so their rows carry the earlier figures (``old it``, ``old s``) beside the new;
-  * ``realistic``: :func:`sela_edu.sinkhorn.synthetic_scores`, calibrated on recorded scores of the kit's
+  * ``realistic``: :func:`sela_edu.labelling.synthetic_scores`, calibrated on recorded scores of the kit's
     own network at lambda 10 (hundreds of plain iterations): the hard case. At another lambda they are
     scaled by 10 / lambda, so that lambda * scores, the problem the solver sees, is the calibrated one
     (unscaled, lambda 25 would stretch logit gaps of 4-6 to 100-150 nats: beyond what float32 storage of
@@ -64,7 +64,7 @@ def measure_machine(repeats: int = 5) -> dict:
     """Read and write bandwidth (GB/s) and the compiled exp's rate (entries/s) on this machine."""
     import torch
 
-    from sela_edu import _kernels
+    from sela_edu.labelling import _kernels
 
     a = np.random.default_rng(0).random((5000, 10000))  # 400 MB of float64, far beyond every cache
     x = np.ones(10000)
@@ -104,7 +104,7 @@ def available_memory_bytes() -> int:
 def _scores(kind: str, n: int, k: int, offset: int, device: str, lam: float, seed: int = 0):
     import torch
 
-    from sela_edu.sinkhorn import synthetic_scores
+    from sela_edu.labelling import synthetic_scores
 
     if kind == "normal":
         g = torch.Generator().manual_seed(seed * 1_000_003 + offset)
@@ -117,8 +117,8 @@ def bench_size(kind: str, n: int, k: int, lam: float, machine: dict, storage: st
                device: str = "cpu") -> dict:
     import torch
 
-    from sela_edu import _kernels
-    from sela_edu.sinkhorn import ScoreBuffer, reference_self_label, self_label
+    from sela_edu.labelling import _kernels
+    from sela_edu.labelling import ScoreBuffer, reference_self_label, self_label
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[storage]
     itemsize = 4 if storage == "float32" else 2
@@ -205,7 +205,7 @@ def bench_recorded(folder) -> list[dict]:
     and of plain Sinkhorn to tol 1e-3."""
     import torch
 
-    from sela_edu.sinkhorn import self_label
+    from sela_edu.labelling import self_label
 
     rows = []
     for path in sorted(folder.glob("*.npz")):
@@ -242,7 +242,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    from sela_edu import _kernels
+    from sela_edu.labelling import _kernels
 
     machine = measure_machine()
     load = os.getloadavg()[0]

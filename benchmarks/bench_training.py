@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sela_edu.data import DATASET_INFO, ImageData, load_dataset  # noqa: E402
-from sela_edu.trainer import config_from_preset, train  # noqa: E402
+from sela_edu.training import config_from_preset, train  # noqa: E402
 
 
 def parse_args(argv=None):

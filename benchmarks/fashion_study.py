@@ -47,12 +47,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sela_edu import evaluation  # noqa: E402
+from sela_edu.evaluation import protocol as evaluation  # noqa: E402
 from sela_edu.data import load_dataset  # noqa: E402
-from sela_edu.metrics import ari, nmi  # noqa: E402
+from sela_edu.evaluation.metrics import ari, nmi  # noqa: E402
 from sela_edu.settings import pick_device, results_dir  # noqa: E402
-from sela_edu.trainer import config_from_preset, plain_loader, random_init_model, relabel, train  # noqa: E402
-from sela_edu.verdicts import compare  # noqa: E402
+from sela_edu.training import config_from_preset, plain_loader, random_init_model, relabel, train  # noqa: E402
+from sela_edu.course.verdicts import compare  # noqa: E402
 
 
 @dataclass(frozen=True)

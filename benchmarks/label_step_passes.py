@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sela_edu import trainer  # noqa: E402
+from sela_edu.training import trainer  # noqa: E402
 from sela_edu.data import load_dataset  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Search for a CPU "classroom" recipe for SeLa on Fashion-MNIST (a self-contained minimal SeLa loop).
 
 Built only from the kit's blocks (data, augment, models.MultiHeadNet, sinkhorn.self_label/ScoreBuffer,
-evaluation, metrics, baselines); it does not use sela_edu.trainer. The loop:
+evaluation, metrics, baselines); it does not use sela_edu.training. The loop:
 
 1. random equipartitioned labels for every head;
 2. SGD on the sum (or mean) over heads of the cross-entropy on augmented batches;
@@ -35,13 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sela_edu.augment import BatchAugment
-from sela_edu.baselines import kmeans_labels
+from sela_edu.data.augment import BatchAugment
+from sela_edu.training import kmeans_labels
 from sela_edu.data import load_dataset, make_loader
 from sela_edu.evaluation import knn_accuracy, linear_probe
-from sela_edu.metrics import nmi
+from sela_edu.evaluation.metrics import nmi
 from sela_edu.models import MultiHeadNet, build_model
-from sela_edu.sinkhorn import ScoreBuffer, reference_self_label, self_label
+from sela_edu.labelling import ScoreBuffer, reference_self_label, self_label
 
 
 # ----------------------------------------------------------------------------------------- model

@@ -8,7 +8,7 @@ and, after each epoch listed in ``--stages``, scores every training image as the
 (un-augmented, network in eval mode). A fixed random sample of ``--rows`` images is kept, in float16, one
 file per stage: ``benchmarks/scores/fmnist_classroom_e{epoch}.npz`` with arrays ``k10``, ``k20``, ... (rows x
 K logits), ``rows`` (the images' indices) and ``epoch``, ``lam``. The solver's tests and
-``bench_sinkhorn.py`` read them; :func:`sela_edu.sinkhorn.synthetic_scores` is calibrated on them.
+``bench_sinkhorn.py`` read them; :func:`sela_edu.labelling.synthetic_scores` is calibrated on them.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ OUT = Path(__file__).resolve().parent / "scores"
 
 def head_scores(config, data, checkpoint: Path) -> list[np.ndarray]:
     """All heads' logits for every image of ``data`` from the model saved in ``checkpoint``."""
-    from sela_edu import checkpoint as ckpt
+    from sela_edu.training import checkpoint as ckpt
     from sela_edu.data import make_loader
-    from sela_edu.trainer import build_for_config
+    from sela_edu.training import build_for_config
 
     model = build_for_config(config, data)
     model.load_state_dict(ckpt.load_checkpoint(checkpoint)["model"])
@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from sela_edu.data import load_dataset
-    from sela_edu.trainer import config_from_preset, train
+    from sela_edu.training import config_from_preset, train
 
     stages = sorted({int(s) for s in args.stages.split(",")})
     data = load_dataset("fashion-mnist")

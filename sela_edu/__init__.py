@@ -1,3 +1,46 @@
-"""sela-edu: a teaching and reproduction kit for SeLa (Asano, Rupprecht and Vedaldi, ICLR 2020)."""
+"""sela-edu: a teaching and reproduction kit for SeLa (Asano, Rupprecht and Vedaldi, ICLR 2020).
+
+The names a notebook or a script needs, each from the sub-package that holds it::
+
+    from sela_edu import self_label, train, config_from_preset, load_dataset, frozen_evaluation
+
+* :mod:`sela_edu.labelling`: the label step (optimal transport to equal-sized clusters);
+* :mod:`sela_edu.training`: configuration, presets, the training loop and its methods;
+* :mod:`sela_edu.data`, :mod:`sela_edu.models`, :mod:`sela_edu.evaluation`;
+* :mod:`sela_edu.ot`: general entropic optimal transport (notebook 01);
+* :mod:`sela_edu.apps`: label a folder, assign new images, the authors' models, VOC;
+* :mod:`sela_edu.course`: what the notebooks call around the science (profiles, runner, exercises).
+
+Names load on first use, so ``import sela_edu`` (and the command line) stay quick.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
+
+#: public name -> the module that defines it
+_PUBLIC = {
+    "self_label": "labelling", "SelfLabelResult": "labelling", "ScoreBuffer": "labelling",
+    "sinkhorn": "ot",
+    "TrainConfig": "training", "PRESETS": "training", "config_from_preset": "training", "train": "training",
+    "transfer_labels": "training",
+    "load_dataset": "data", "make_loader": "data",
+    "build_model": "models",
+    "frozen_evaluation": "evaluation", "knn_accuracy": "evaluation", "linear_probe": "evaluation",
+    "browse": "course.browser",
+    "label_folder": "apps", "assign_folder": "apps",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        value = getattr(import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_PUBLIC])

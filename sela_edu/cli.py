@@ -25,8 +25,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import course, editions
-from . import settings
+from sela_edu import course
+from sela_edu.course import editions
+from sela_edu import settings
 
 #: Notebooks committed with their outputs (compared by nbval in the tests).
 STORED_OUTPUT_NOTEBOOKS = ("01_optimal_transport_toy", "02_self_labelling_objective")
@@ -78,7 +79,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_site(args) -> int:
-    from .course.site import build_site
+    from sela_edu.course.site import build_site
 
     index = build_site(args.folder)
     print(f"pages of the run: {index}")
@@ -122,7 +123,7 @@ def _cmd_instructor(args) -> int:
 
 
 def _cmd_course_init(args) -> int:
-    from .course.nbgrader_course import init_course
+    from sela_edu.course.nbgrader_course import init_course
 
     paths = init_course(args.directory, course_id=args.course_id, assignment=args.assignment, profile=args.profile,
                         timeout=args.timeout, source=args.source, material=args.material)
@@ -197,10 +198,10 @@ def _cmd_train(args) -> int:
     """Training without a notebook; under torchrun every rank runs this."""
     import torch
 
-    from . import distributed
-    from .data import load_dataset
-    from .labels_io import export_labels_csv
-    from .trainer import config_from_preset, train
+    from sela_edu.training import distributed
+    from sela_edu.data import load_dataset
+    from sela_edu.training import export_labels_csv
+    from sela_edu.training import config_from_preset, train
 
     overrides = _parameters(args.set)
     if args.dataset:
@@ -225,8 +226,8 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_label(args) -> int:
-    """Self-label a folder of images (sela_edu.label_folder)."""
-    from .label_folder import label_folder
+    """Self-label a folder of images (sela_edu.apps.label_folder)."""
+    from sela_edu.apps.label_folder import label_folder
 
     result = label_folder(args.folder, args.output, clusters=args.clusters, heads=args.heads, epochs=args.epochs,
                           backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
@@ -240,8 +241,8 @@ def _cmd_label(args) -> int:
 
 
 def _cmd_assign(args) -> int:
-    """Assign a folder's images to a trained model's clusters, without training (sela_edu.assign)."""
-    from .assign import assign_folder
+    """Assign a folder's images to a trained model's clusters, without training (sela_edu.apps.assign)."""
+    from sela_edu.apps.assign import assign_folder
 
     result = assign_folder(args.folder, args.model, args.output, mode=args.mode, lam=args.lam,
                            batch_size=args.batch_size, device=args.device, per_cluster=args.per_cluster,
@@ -344,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, default=None, help="number of heads (default: one per K given)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: about 150,000 images seen)")
     p.add_argument("--backbone", default=None,
-                   help="start from a pretrained backbone: a released model name (see sela_edu.pretrained), "
+                   help="start from a pretrained backbone: a released model name (see sela_edu.apps.pretrained), "
                         "torchvision:resnet18 / torchvision:resnet50, or a checkpoint file")
     p.add_argument("--output", required=True, help="folder for labels.csv, index.html, skipped.txt, model.pt")
     p.add_argument("--image-size", type=int, default=None, help="pixels (default 32; a backbone's own, e.g. 224)")

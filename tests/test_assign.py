@@ -12,12 +12,12 @@ from PIL import Image
 from test_label_folder import _write_folder
 
 from sela_edu import cli
-from sela_edu.assign import assign_folder, load_trained_clusters
-from sela_edu.checkpoint import save_checkpoint
+from sela_edu.apps.assign import assign_folder, load_trained_clusters
+from sela_edu.training.checkpoint import save_checkpoint
 from sela_edu.data import ImageData, make_loader
-from sela_edu.label_folder import label_folder, load_folder_images
-from sela_edu.labels_io import read_path_labels_csv
-from sela_edu.pretrained import PretrainedError
+from sela_edu.apps.label_folder import label_folder, load_folder_images
+from sela_edu.training import read_path_labels_csv
+from sela_edu.apps.pretrained import PretrainedError
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 

@@ -1,9 +1,9 @@
-"""Tests for sela_edu.augment: batched random crops, flips, greyscale, colour jitter, normalisation."""
+"""Tests for sela_edu.data.augment: batched random crops, flips, greyscale, colour jitter, normalisation."""
 
 import pytest
 import torch
 
-from sela_edu.augment import BatchAugment, normalise, plain_transform
+from sela_edu.data.augment import BatchAugment, normalise, plain_transform
 
 
 def _batch(n=16, c=3, h=32, w=32, seed=0):

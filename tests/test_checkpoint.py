@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from sela_edu.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint,
+from sela_edu.training.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint,
                                  save_rotating)
 
 

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from sela_edu import cli, course, data, settings
+from sela_edu import cli, course, settings
+from sela_edu.data import datasets as data
 
 
 def test_parse_value_reads_json_or_keeps_strings():
@@ -141,7 +142,7 @@ def test_train_summary_is_readable(tmp_path):
 
     import torch
 
-    from sela_edu.trainer import config_from_preset
+    from sela_edu.training import config_from_preset
 
     config = config_from_preset("smoke", dataset="digits", num_heads=2, num_clusters=[10, 20],
                                 checkpoint_dir=str(tmp_path / "checkpoints"))
@@ -192,7 +193,8 @@ def test_outputs_land_in_the_working_directory_when_installed_without_e(pip_inst
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sela_edu import figures, settings
+    from sela_edu.course import figures
+    from sela_edu import settings
 
     site, work = pip_installed
     assert settings.home() == work

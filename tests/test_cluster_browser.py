@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from sela_edu import cluster_browser as cb
+from sela_edu.course import browser as cb
 from sela_edu.data import ImageData
 from sela_edu.models import build_model
-from sela_edu.sinkhorn import self_label
+from sela_edu.labelling import self_label
 
 
 @pytest.fixture(scope="module")

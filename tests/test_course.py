@@ -7,7 +7,7 @@ import os
 import pytest
 
 from sela_edu import course, settings
-from sela_edu.trainer import config_from_preset
+from sela_edu.training import config_from_preset
 
 
 def test_run_series_shows_one_overall_progress_bar(tmp_path, monkeypatch):
@@ -102,10 +102,3 @@ def test_record_result_keeps_verdicts_for_the_summary(tmp_path):
     assert "03: SeLa beats k-means labels on kNN accuracy by 2.0 points" in table
 
 
-def test_notebook_tools_names_still_import():
-    from sela_edu import notebook_tools as nbt
-
-    assert nbt.pick("smoke", smoke=1, classroom=2) == 1
-    assert nbt.dataset_available("digits")
-    with pytest.raises(ValueError):
-        nbt.check_profile("fast")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from sela_edu.augment import BatchAugment
+from sela_edu.data.augment import BatchAugment
 from sela_edu.data import (DATASET_INFO, DATASET_NAMES, FolderData, ImageData, default_augment, epoch_indices,
                            heavy_imbalance, imbalanced_indices, light_imbalance, load_dataset, make_loader)
 
@@ -436,7 +436,7 @@ def test_available_follows_the_data_layout(tmp_path):
 def test_download_failure_falls_back_to_digits_with_a_notice_quickly(tmp_path, monkeypatch):
     import time
 
-    from sela_edu import data
+    from sela_edu.data import datasets as data
 
     monkeypatch.delenv("SELA_OFFLINE", raising=False)
     monkeypatch.setattr(data, "_reachable", lambda host, port, timeout: True)
@@ -456,7 +456,7 @@ def test_download_failure_falls_back_to_digits_with_a_notice_quickly(tmp_path, m
 def test_unreachable_server_gives_up_within_the_timeout(tmp_path, monkeypatch):
     import time
 
-    from sela_edu import data
+    from sela_edu.data import datasets as data
 
     monkeypatch.delenv("SELA_OFFLINE", raising=False)
     import socket
@@ -476,7 +476,7 @@ def test_unreachable_server_gives_up_within_the_timeout(tmp_path, monkeypatch):
 
 
 def test_offline_setting_and_smoke_profile_never_download(tmp_path, monkeypatch):
-    from sela_edu import data
+    from sela_edu.data import datasets as data
 
     monkeypatch.setattr(data, "_reachable", lambda *a: pytest.fail("no network check when offline"))
     monkeypatch.setenv("SELA_OFFLINE", "1")
@@ -486,7 +486,7 @@ def test_offline_setting_and_smoke_profile_never_download(tmp_path, monkeypatch)
 
 
 def test_successful_download_gives_fashion_mnist(tmp_path, monkeypatch):
-    from sela_edu import data
+    from sela_edu.data import datasets as data
 
     monkeypatch.delenv("SELA_OFFLINE", raising=False)
     monkeypatch.setattr(data, "_reachable", lambda *a: True)

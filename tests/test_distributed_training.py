@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from sela_edu import distributed as dist_utils
+from sela_edu.training import distributed as dist_utils
 
 WORLD = 2
 # Odd on purpose: each rank's shard is padded by one repeated image, which the label step must ignore.
@@ -21,7 +21,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from sela_edu.data import load_dataset
-    from sela_edu.trainer import config_from_preset, train
+    from sela_edu.training import config_from_preset, train
 
     try:
         config = config_from_preset("smoke", device="cpu", max_images=NUM_IMAGES, batch_size=32, epochs=2, nopts=3,
@@ -62,7 +62,7 @@ def test_two_gloo_ranks_agree_on_weights_and_labels(tmp_path):
         assert sizes == torch.bincount(labels[head], minlength=len(sizes)).tolist()
     assert r0["sizes"] == r1["sizes"]
     # Rank 0 wrote the checkpoint, with the same labels.
-    from sela_edu.checkpoint import load_checkpoint
+    from sela_edu.training.checkpoint import load_checkpoint
 
     state = load_checkpoint(tmp_path / "ckpt" / "last.pt")
     assert state["world_size"] == WORLD and torch.equal(state["labels"], labels)

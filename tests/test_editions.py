@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from sela_edu import editions, exercises, settings
+from sela_edu.course import editions, exercises
+from sela_edu import settings
 
 ROOT = settings.REPO_ROOT
 MATERIAL = ROOT / "instructor"

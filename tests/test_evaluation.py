@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from sela_edu.baselines import kmeans_labels
+from sela_edu.training import kmeans_labels
 from sela_edu.evaluation import (extract_features, knn_accuracy, linear_probe, pca_project, weighted_knn)
-from sela_edu.metrics import nmi
+from sela_edu.evaluation.metrics import nmi
 from sela_edu.models import build_model
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from sela_edu import exercises
-from sela_edu.exercises import ExerciseFailure
+from sela_edu.course import exercises
+from sela_edu.course.exercises import ExerciseFailure
 
 
 # ---------------------------------------------------------------- one Sinkhorn iteration
@@ -280,20 +280,20 @@ def test_the_package_ships_no_reference_answers():
 # ---------------------------------------------------------------- answers that only call the kit
 
 def kit_sinkhorn_step(Q, a, b):
-    from sela_edu.sinkhorn import sinkhorn
+    from sela_edu.ot import sinkhorn
 
     return sinkhorn(-np.log(Q), a, b, 1.0, max_iter=1)
 
 
 def kit_size_spread(labels, k):
-    from sela_edu import metrics
+    from sela_edu.evaluation import metrics
 
     spread = metrics.cluster_size_spread(labels, k)
     return spread["min"], spread["max"]
 
 
 def kit_matched_agreement(a, b):
-    from sela_edu.metrics import cluster_accuracy
+    from sela_edu.evaluation.metrics import cluster_accuracy
 
     return cluster_accuracy(a, b)
 
@@ -310,14 +310,14 @@ def test_an_answer_that_only_calls_the_kit_fails(name):
 
 
 def test_without_kit_replaces_every_binding_and_restores_them():
-    from sela_edu import metrics
+    from sela_edu.evaluation import metrics
 
     accuracy = metrics.cluster_accuracy
     namespace = {"cluster_accuracy": accuracy}
     fn = eval("lambda a, b: cluster_accuracy(a, b)", namespace)   # defined in a notebook-like namespace
     with exercises.without_kit(fn, accuracy, exercise="matched_agreement"):
         assert metrics.cluster_accuracy is not accuracy and namespace["cluster_accuracy"] is not accuracy
-        with pytest.raises(ExerciseFailure, match="matched_agreement calls the kit's sela_edu.metrics.cluster_accuracy"):
+        with pytest.raises(ExerciseFailure, match="matched_agreement calls the kit's sela_edu.evaluation.metrics.cluster_accuracy"):
             fn(np.zeros(3, int), np.zeros(3, int))
     assert metrics.cluster_accuracy is accuracy and namespace["cluster_accuracy"] is accuracy
     assert fn(np.zeros(3, int), np.zeros(3, int)) == 1.0

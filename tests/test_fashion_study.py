@@ -50,7 +50,7 @@ def test_no_verdicts_without_sela(study):
 
 
 def test_every_arm_names_a_trainer_method_and_its_labels(study):
-    from sela_edu.trainer import config_from_preset
+    from sela_edu.training import config_from_preset
 
     for key, arm in study.METHODS.items():
         config_from_preset("classroom", **arm.trainer)  # refuses an unknown setting

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from sela_edu import cli
-from sela_edu.label_folder import label_folder, list_files, load_folder_images
-from sela_edu.labels_io import read_path_labels_csv
-from sela_edu.pretrained import load_checkpoint_file
+from sela_edu.apps.label_folder import label_folder, list_files, load_folder_images
+from sela_edu.training import read_path_labels_csv
+from sela_edu.apps.pretrained import load_checkpoint_file
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sela_edu.labels_io import export_labels_csv, read_labels_csv
+from sela_edu.training import export_labels_csv, read_labels_csv
 
 
 def test_round_trip_all_heads(tmp_path):
@@ -63,7 +63,7 @@ def test_read_missing_file(tmp_path):
 
 # ---------------------------------------------------------------- path-keyed labels and released files
 
-from sela_edu.labels_io import (  # noqa: E402
+from sela_edu.training import (  # noqa: E402
     export_path_labels_csv,
     read_any_labels_csv,
     read_path_labels_csv,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sela_edu.metrics import (adjusted_nmi, ari, cluster_accuracy, cluster_size_spread, label_change,
+from sela_edu.evaluation.metrics import (adjusted_nmi, ari, cluster_accuracy, cluster_size_spread, label_change,
                               label_change_nmi, nmi, purity)
 
 TRUE = [0, 0, 1, 1, 2, 2, 2]

@@ -7,7 +7,8 @@ import nbformat
 import pytest
 from traitlets.config.loader import PyFileConfigLoader
 
-from sela_edu import cli, editions, settings
+from sela_edu import cli, settings
+from sela_edu.course import editions
 from sela_edu.course import nbgrader_course
 from sela_edu.course.nbgrader_course import SetProfile, course_config, init_course
 

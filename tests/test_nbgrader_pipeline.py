@@ -21,7 +21,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from sela_edu import exercises, settings
+from sela_edu.course import exercises
+from sela_edu import settings
 from sela_edu.course.nbgrader_course import RESULTS_FOLDER, init_course
 
 pytest.importorskip("nbgrader")

@@ -24,7 +24,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from sela_edu import course, editions, exercises, settings
+from sela_edu import course, settings
+from sela_edu.course import editions, exercises
 
 ROOT = settings.REPO_ROOT
 NB_DIR = ROOT / "notebooks"

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from sela_edu import pretrained as pt
+from sela_edu.apps import pretrained as pt
 from sela_edu.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

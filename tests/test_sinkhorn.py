@@ -16,8 +16,9 @@ from pathlib import Path
 
 from scipy.optimize import minimize
 
-from sela_edu import sinkhorn as sk
-from sela_edu.sinkhorn import ScoreBuffer, reference_self_label, self_label, sinkhorn, synthetic_scores
+from sela_edu.labelling import solver as sk
+from sela_edu.labelling import ScoreBuffer, reference_self_label, self_label, synthetic_scores
+from sela_edu.ot import sinkhorn
 
 SCORES_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "scores"
 
@@ -205,7 +206,7 @@ def test_half_storage_matches_float32(dtype):
 
 @pytest.mark.parametrize("k", [64, 63])  # even K: bfloat16 read as pairs of entries; odd K: widened rows
 def test_bfloat16_pass_equals_the_float32_pass_on_the_same_values(k):
-    from sela_edu import _kernels
+    from sela_edu.labelling import _kernels
 
     n = 4099  # rows in blocks of four and a remainder, in three segments with their own factors
     g = torch.Generator().manual_seed(24)
@@ -226,7 +227,7 @@ def test_bfloat16_pass_equals_the_float32_pass_on_the_same_values(k):
 
 @pytest.mark.parametrize("k", [64, 63])
 def test_compiled_argmax_takes_the_first_largest_entry_of_each_scaled_row(k):
-    from sela_edu import _kernels
+    from sela_edu.labelling import _kernels
 
     n = 3001
     g = torch.Generator().manual_seed(25)
@@ -338,7 +339,7 @@ def test_newton_finish_halves_the_passes_of_lbfgs_on_recorded_scores():
 
 
 def test_hessian_pass_is_the_semi_duals_exact_hessian():
-    from sela_edu import _kernels
+    from sela_edu.labelling import _kernels
 
     g = torch.Generator().manual_seed(26)
     n, k = 5003, 12

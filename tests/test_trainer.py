@@ -8,11 +8,11 @@ import os
 import pytest
 import torch
 
-from sela_edu.checkpoint import CheckpointError
+from sela_edu.training.checkpoint import CheckpointError
 from sela_edu.data import load_dataset
-from sela_edu.labels_io import export_labels_csv, read_labels_csv
-from sela_edu.metrics import nmi
-from sela_edu.trainer import (PRESETS, StopTraining, TrainConfig, config_from_preset, initial_labels, random_init_model,
+from sela_edu.training import export_labels_csv, read_labels_csv
+from sela_edu.evaluation.metrics import nmi
+from sela_edu.training import (PRESETS, StopTraining, TrainConfig, config_from_preset, initial_labels, random_init_model,
                               relabel, relabel_schedule, train, transfer_labels)
 
 # Wall-clock fields differ between runs; everything else in a history record must be reproducible.
@@ -353,7 +353,7 @@ def test_upsampled_training_matches_torchvision_transforms(digits):
     Resize(256) + CenterCrop(224) for labels and features (here 8 px digits to 16 px)."""
     from torchvision.transforms import v2 as T
 
-    from sela_edu.trainer import plain_loader, training_augment
+    from sela_edu.training import plain_loader, training_augment
 
     config = _small(image_size=16, epochs=1, nopts=1)
     data = digits.subset(torch.arange(64))

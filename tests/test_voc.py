@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score
 
-from sela_edu import voc
+from sela_edu.apps import voc
 from sela_edu.models import build_model
 
 CLASSES_USED = ("cat", "dog", "car")

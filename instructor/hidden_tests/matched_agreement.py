@@ -2,7 +2,8 @@
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from sela_edu import exercises as _exercises, metrics as _metrics
+from sela_edu.course import exercises as _exercises
+from sela_edu.evaluation import metrics as _metrics
 
 _rng = np.random.default_rng(11)
 _a = _rng.integers(0, 3, size=500)

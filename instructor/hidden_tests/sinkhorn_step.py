@@ -1,8 +1,8 @@
 # hidden: a larger, lopsided problem; one step is a row then a column rescaling, nothing else
 import numpy as np
 
-from sela_edu import exercises as _exercises
-from sela_edu.sinkhorn import sinkhorn as _sinkhorn
+from sela_edu.course import exercises as _exercises
+from sela_edu.ot import sinkhorn as _sinkhorn
 
 _rng = np.random.default_rng(2024)
 _Q = _rng.uniform(0.001, 3.0, size=(9, 6))

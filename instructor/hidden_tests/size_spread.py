@@ -2,7 +2,8 @@
 import numpy as np
 import torch
 
-from sela_edu import exercises as _exercises, metrics as _metrics
+from sela_edu.course import exercises as _exercises
+from sela_edu.evaluation import metrics as _metrics
 
 with _exercises.without_kit(size_spread, _metrics.cluster_size_spread, exercise="size_spread"):  # it is the answer
     _collapsed = size_spread(np.zeros(40, dtype=np.int64), 10)

@@ -6,16 +6,16 @@
 * :mod:`.paper`: the official CIFAR code's settings and a configuration's departures from them.
 
 Notebooks use ``from sela_edu import course`` and call ``course.pick(...)``, ``course.record_result(...)``.
-The student edition lives in :mod:`sela_edu.editions`; data availability in :mod:`sela_edu.data`.
+The student edition lives in :mod:`sela_edu.course.editions`; data availability in :mod:`sela_edu.data`.
 """
 
-from .profiles import *  # noqa: F401,F403
-from .profiles import __all__ as _profiles_all
-from .results import *  # noqa: F401,F403
-from .results import __all__ as _results_all
-from .runner import *  # noqa: F401,F403
-from .runner import __all__ as _runner_all
-from .paper import *  # noqa: F401,F403
-from .paper import __all__ as _paper_all
+from sela_edu.course.profiles import *  # noqa: F401,F403
+from sela_edu.course.profiles import __all__ as _profiles_all
+from sela_edu.course.results import *  # noqa: F401,F403
+from sela_edu.course.results import __all__ as _results_all
+from sela_edu.course.runner import *  # noqa: F401,F403
+from sela_edu.course.runner import __all__ as _runner_all
+from sela_edu.course.paper import *  # noqa: F401,F403
+from sela_edu.course.paper import __all__ as _paper_all
 
 __all__ = [*_profiles_all, *_results_all, *_runner_all, *_paper_all]

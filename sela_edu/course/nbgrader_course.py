@@ -16,7 +16,7 @@ fit the kit:
 * a per-cell timeout sized from measured autograde times (``instructor/README.md``).
 
 The ``raises-exception`` tags that let "Run all" go past an unfinished exercise are in the instructor
-edition itself (:mod:`sela_edu.editions`); nbgrader's ``generate_assignment`` keeps them.
+edition itself (:mod:`sela_edu.course.editions`); nbgrader's ``generate_assignment`` keeps them.
 
 nbgrader (``pip install 'sela-edu[instructor]'``) is needed to run the course, not to write it.
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 from traitlets import Bool, Unicode, validate
 from nbconvert.preprocessors import Preprocessor
 
-from .profiles import PROFILES, check_profile
+from sela_edu.course.profiles import PROFILES, check_profile
 
 __all__ = ["SetProfile", "init_course", "course_config", "autograde_preprocessors", "feedback_preprocessors",
            "CELL_TIMEOUT", "RESULTS_FOLDER", "COURSE_IGNORE"]
@@ -126,7 +126,7 @@ def init_course(directory: str | os.PathLike, *, course_id: str = "sela", assign
     edition of the notebooks in ``source``, with the hidden tests and answers of ``material``; ``timeout``
     seconds per cell, default :data:`CELL_TIMEOUT`). Returns the
     written paths. Everything is checked before the folder is made, so a failed run leaves none behind."""
-    from .. import editions
+    from sela_edu.course import editions
 
     directory = Path(directory)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):

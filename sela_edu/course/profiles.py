@@ -1,7 +1,7 @@
 """What a notebook calls around the science: profiles, configurations, folders, clean stops, widgets.
 
 * :func:`resolve_config` turns a notebook's ``profile`` parameter (``"smoke"``, ``"classroom"``,
-  ``"paper"``) plus single overrides into a trainer :class:`~sela_edu.trainer.TrainConfig`.
+  ``"paper"``) plus single overrides into a trainer :class:`~sela_edu.training.TrainConfig`.
 * :func:`pick` keeps a notebook's per-profile sizes on one line.
 * :func:`stop_here` ends a notebook cleanly when its data is absent: the rest of the cells still "run"
   (so papermill reports success) but do nothing.
@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .. import settings
+from sela_edu import settings
 
 PROFILES = ("smoke", "classroom", "paper")
 
@@ -39,7 +39,7 @@ def preset_for(profile: str, paper_preset: str = "cifar-paper") -> str:
 def resolve_config(profile: str, *, paper_preset: str = "cifar-paper", **overrides):
     """``trainer.config_from_preset(preset_for(profile), **overrides)``, ignoring overrides that are
     ``None`` (a notebook parameter left at its default)."""
-    from ..trainer import config_from_preset
+    from sela_edu.training import config_from_preset
 
     given = {k: v for k, v in overrides.items() if v is not None}
     return config_from_preset(preset_for(profile, paper_preset), **given)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .profiles import output_folder
+from sela_edu.course.profiles import output_folder
 
 #: The paper's figures (ICLR 2020 and its official code), keyed as the notebooks record their own.
 PAPER_RESULTS: dict[str, tuple[float, str]] = {
@@ -57,7 +57,7 @@ def record_result(name: str, values: Mapping[str, Any], *, folder: str | os.Path
 
     ``values`` maps a key (use the keys of :data:`PAPER_RESULTS` where the paper reports the same
     quantity) to a number or string. ``folder`` defaults to ``settings.results_dir()``. ``verdicts``:
-    the notebook's result sentences (:func:`sela_edu.verdicts.compare`), printed under the run's table.
+    the notebook's result sentences (:func:`sela_edu.course.verdicts.compare`), printed under the run's table.
     """
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
         raise ValueError(f"result name must be a plain file stem, got {name!r}")

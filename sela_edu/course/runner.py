@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import settings
-from .profiles import STATIC_ENV, check_profile
-from .results import load_results, summary_table
-from .site import INDEX_NAME, read_notebook, try_write_page, write_index
+from sela_edu import settings
+from sela_edu.course.profiles import STATIC_ENV, check_profile
+from sela_edu.course.results import load_results, summary_table
+from sela_edu.course.site import INDEX_NAME, read_notebook, try_write_page, write_index
 
 NOTEBOOKS_DIR = settings.REPO_ROOT / "notebooks"
 
@@ -329,7 +329,7 @@ def run_series(profile: str = "classroom", output: str | os.PathLike = "results/
     """
     from tqdm.auto import tqdm
 
-    from .. import data as data_module
+    from sela_edu.data import datasets as data_module
 
     check_profile(profile)
     say = log or tqdm.write

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .results import load_results, measure_rows
+from sela_edu.course.results import load_results, measure_rows
 
 INDEX_NAME = "index.html"
 #: the markdown cell put at the top of every page: back to the run's front page
@@ -156,7 +156,7 @@ def index_html(statuses: Iterable, records: Mapping[str, Mapping], pages: Mappin
     """The run's front page. ``statuses``: :class:`~sela_edu.course.runner.RunStatus` (name, status,
     detail, seconds) in series order; ``records``: the results JSON by name; ``pages``: each notebook's
     page as a link relative to the index (absent: no page); ``titles``: what each link says."""
-    from .runner import RunStatus
+    from sela_edu.course.runner import RunStatus
 
     statuses = list(statuses)
     known = {s.name for s in statuses}
@@ -206,7 +206,7 @@ def _existing_pages(run: Path, names: Iterable[str]) -> dict[str, Page]:
 
 
 def _series_titles() -> dict[str, str]:
-    from .runner import NOTEBOOKS
+    from sela_edu.course.runner import NOTEBOOKS
 
     return {info.name: info.title for info in NOTEBOOKS}
 
@@ -238,7 +238,7 @@ def build_site(run: str | os.PathLike, statuses: Iterable | None = None, *, prof
     """Write every executed notebook of the run folder ``run`` as HTML and the run's ``index.html``;
     return the index's path. ``statuses`` default to the run's own record (``run.json``) or, for a
     folder without one, to what papermill wrote into each executed notebook."""
-    from .runner import load_run_statuses
+    from sela_edu.course.runner import load_run_statuses
 
     run = Path(run)
     if not run.is_dir():

@@ -8,7 +8,7 @@ Two kinds of data set:
 
 * :class:`ImageData` holds a small set (digits, Fashion-MNIST, CIFAR-10/100, SVHN) as one uint8
   N x C x H x W tensor. Its loader gathers a batch by index and augments it *as a batch* on the
-  training device (:class:`sela_edu.augment.BatchAugment`): on a 2-core machine, per-image PIL
+  training device (:class:`sela_edu.data.augment.BatchAugment`): on a 2-core machine, per-image PIL
   transforms would cost more than the network.
 * :class:`FolderData` wraps a folder of image files (ImageNet, or any ``ImageFolder`` layout). Images
   are decoded and augmented one by one by ``DataLoader`` workers with torchvision transforms, the
@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .augment import BatchAugment, plain_transform
-from .settings import data_root
+from sela_edu.data.augment import BatchAugment, plain_transform
+from sela_edu.settings import data_root
 
 DATASET_NAMES = ("digits", "fashion-mnist", "cifar10", "cifar100", "svhn", "imagenet", "folder")
 
@@ -412,7 +412,7 @@ def default_augment(name: str, *, size: int | None = None, mean: Sequence[float]
     * fashion-mnist: crops of 20-100 %, flip, brightness and contrast 0.4 (stronger crops and the
       photometric jitter lifted NMI after half an epoch from 0.36 to 0.42 in benchmarks/recipe_search.py);
     * cifar10, cifar100, imagenet, folder: the paper's, crops of 20-100 %, greyscale p = 0.2, colour jitter
-      0.4 (hue approximate, see :mod:`sela_edu.augment`), flip;
+      0.4 (hue approximate, see :mod:`sela_edu.data.augment`), flip;
     * svhn: the same without flip (house numbers read left to right).
 
     ``size``, ``mean`` and ``std`` default to the data set's own.
@@ -842,7 +842,7 @@ def ensure_dataset(name: str, root: str | os.PathLike | None = None, *, download
     torchvision download it with its progress bar, each network operation limited to the same timeout.
     Any failure is reported through ``log`` and gives False, quickly; nothing is raised.
     """
-    from .settings import offline
+    from sela_edu.settings import offline
 
     key = _canonical_name(name)
     base = Path(root).expanduser() if root else data_root()

@@ -4,15 +4,15 @@
 --output OUT`` labels the images of another folder with that network's clusters, as they are. ``M`` is:
 
 * the ``model.pt`` (or, after ``label --backbone``, the ``heads.pt``) that ``sela-edu label`` wrote;
-* a kit training checkpoint (``last.pt`` of :func:`sela_edu.trainer.train`);
-* a released SeLa model, by name (see :mod:`sela_edu.pretrained`, downloaded once) or as a file in the
+* a kit training checkpoint (``last.pt`` of :func:`sela_edu.training.train`);
+* a released SeLa model, by name (see :mod:`sela_edu.apps.pretrained`, downloaded once) or as a file in the
   authors' format (their clustering heads: 3000 clusters each for the paper's ImageNet models).
 
 Images are read and decoded as ``label`` reads them (same files, same skipping of bad files, same size
 and channels as the model was trained with) and scored once, without augmentation. Then, per head:
 
 * ``mode="argmax"``: each image goes to its highest-scoring cluster (cluster sizes come out as they fall);
-* ``mode="equal"``: SeLa's label step (Sinkhorn-Knopp, :func:`sela_edu.sinkhorn.self_label`) with
+* ``mode="equal"``: SeLa's label step (Sinkhorn-Knopp, :func:`sela_edu.labelling.self_label`) with
   equal-sized clusters: what ``label`` writes as final labels, so on the training folder itself this
   gives back ``label``'s labels;
 * ``mode="prior"``: the label step with the cluster sizes the model was trained with (the labels stored
@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .label_folder import (assigned_confidence, label_step_labels, load_folder_images, score_images,
+from sela_edu.apps.label_folder import (assigned_confidence, label_step_labels, load_folder_images, score_images,
                            write_contact_sheet, write_skipped)
 
 MODES = ("argmax", "equal", "prior")
@@ -98,9 +98,9 @@ def load_trained_clusters(model: str | os.PathLike, *, progress: bool = True) ->
     """The model named by ``model``: a released model's name, or a file (see the module docstring).
 
     Raises FileNotFoundError naming the path for a missing file, and
-    :class:`~sela_edu.pretrained.PretrainedError` (a ValueError) naming it for a file that is not a model.
+    :class:`~sela_edu.apps.pretrained.PretrainedError` (a ValueError) naming it for a file that is not a model.
     """
-    from . import pretrained
+    from sela_edu.apps import pretrained
 
     spec = str(model)
     key = spec.strip().lower().replace("_", "-")
@@ -129,8 +129,8 @@ def _from_pretrained(pre, description: str, *, lam: float | None) -> TrainedClus
 
 def _stored_lam(path: Path) -> float | None:
     """The lambda a kit file was trained with: a training checkpoint's config, or ``label``'s model.pt."""
-    from .checkpoint import load_checkpoint
-    from .pretrained import read_torch_file
+    from sela_edu.training.checkpoint import load_checkpoint
+    from sela_edu.apps.pretrained import read_torch_file
 
     try:
         config = load_checkpoint(path).get("config") or {}
@@ -143,8 +143,8 @@ def _stored_lam(path: Path) -> float | None:
 
 def _read_heads_file(path: Path, *, progress: bool) -> TrainedClusters | None:
     """The backbone and heads of a ``heads.pt`` written by ``label --backbone``; None for any other file."""
-    from .label_folder import _FeatureHeads, _resolve_backbone
-    from .pretrained import read_torch_file
+    from sela_edu.apps.label_folder import _FeatureHeads, _resolve_backbone
+    from sela_edu.apps.pretrained import read_torch_file
 
     payload = read_torch_file(path)
     if not (isinstance(payload, Mapping) and "heads" in payload and "backbone" in payload):
@@ -212,8 +212,8 @@ def assign_folder(folder: str | os.PathLike, model: str | os.PathLike | TrainedC
         batch_size: images scored at once (default 512 up to 64 px, 32 above).
         per_cluster: thumbnails per cluster on the contact sheet.
     """
-    from .labels_io import export_path_labels_csv
-    from .settings import pick_device
+    from sela_edu.training import export_path_labels_csv
+    from sela_edu.settings import pick_device
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")

@@ -7,7 +7,7 @@ released model's, say). For one cluster it shows
 * its **size** (beside the equal share N/K that the label step enforces),
 * its **members ordered by confidence**: the soft assignment of the transport plan,
   ``q_ik = softmax_k(lam * scores_ik + L_k)`` with ``L`` the cluster potential that
-  :func:`~sela_edu.sinkhorn.self_label` returns. Most confident first shows what the cluster "is";
+  :func:`~sela_edu.labelling.self_label` returns. Most confident first shows what the cluster "is";
   least confident first shows the images that the equipartition pushed in,
 * its **true-class make-up** and **purity** when targets exist,
 * the **clusters most like it**: cosine similarity of the head's weight vectors, of the clusters'
@@ -18,7 +18,7 @@ In JupyterLab, :func:`browse` shows widgets; where there is no widget front end 
 
 Example (notebook 03)::
 
-    from sela_edu.cluster_browser import browse
+    from sela_edu.course.browser import browse
     browser = browse(result.model, data, lam=config.lam)
 
 Everything the widgets show is also in :attr:`ClusterBrowser.state`, so the callbacks can be driven
@@ -59,7 +59,7 @@ def _numpy(x, dtype=None) -> np.ndarray:
 def soft_assignment(scores, potential, lam: float) -> np.ndarray:
     """The transport plan's rows, normalised: ``q_ik = softmax_k(lam * scores_ik + potential_k)`` (N x K).
 
-    ``potential`` is :attr:`~sela_edu.sinkhorn.SelfLabelResult.cluster_potential`; with it, each row is
+    ``potential`` is :attr:`~sela_edu.labelling.SelfLabelResult.cluster_potential`; with it, each row is
     the plan's row rescaled to sum to 1, and its argmax is the hard label the solver returned.
     """
     s = _numpy(scores, float)
@@ -165,7 +165,7 @@ def compute_outputs(model, data, *, batch_size: int = 256, device=None, with_fea
     """Every head's scores (list of N x K float32 CPU tensors) and, optionally, the features (N x D) of
     ``model`` on ``data`` (an :class:`~sela_edu.data.ImageData` or FolderData), in data order, without
     augmentation and in eval mode."""
-    from .data import make_loader
+    from sela_edu.data import make_loader
 
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     loader = make_loader(data, batch_size, train=False, shuffle=False, device=dev)
@@ -194,13 +194,13 @@ def head_views(scores=None, *, lam: float = 10.0, labels=None, potentials=None, 
     """One :class:`HeadView` per head from whatever is known.
 
     ``scores``: one N x K matrix per head (or a single matrix). Without ``potentials`` the label step
-    is solved here (:func:`~sela_edu.sinkhorn.self_label`, at ``lam``) for the cluster potentials; its
+    is solved here (:func:`~sela_edu.labelling.self_label`, at ``lam``) for the cluster potentials; its
     labels are used unless ``labels`` (num_heads x N, e.g. a released labelling) are given.
     Without scores, ``labels`` alone give sizes, make-up and (with ``features`` or ``weights``)
     neighbours, but no confidence order. ``similarity``: one of :data:`SIMILARITIES`, default
     ``"features"`` when features are given, else ``"weights"``, else ``"scores"``.
     """
-    from .sinkhorn import self_label
+    from sela_edu.labelling import self_label
 
     if scores is not None and not isinstance(scores, (list, tuple)):
         scores = [scores]
@@ -534,10 +534,10 @@ def browse(model=None, data=None, *, lam: float = 10.0, scores=None, labels=None
     ``browse(model, data, lam=10)`` for a kit model; ``browse(scores=..., data=data)`` or
     ``browse(labels=..., data=data)`` for precomputed outputs. ``max_images`` browses a seeded random
     subset (scoring and the label step stay quick; ``None``: all). ``static`` (default: no widget
-    front end, see :func:`~sela_edu.notebook_tools.widgets_enabled`) draws the static figure instead,
-    saved as ``save_as`` with :func:`~sela_edu.figures.save_figure` when given. Returns the browser.
+    front end, see :func:`~sela_edu.course.profiles.widgets_enabled`) draws the static figure instead,
+    saved as ``save_as`` with :func:`~sela_edu.course.figures.save_figure` when given. Returns the browser.
     """
-    from . import notebook_tools as nbt
+    from sela_edu.course.profiles import widgets_enabled
 
     if model is None and scores is None and labels is None:
         raise ValueError("browse needs a model (with data), or scores / labels")
@@ -558,13 +558,13 @@ def browse(model=None, data=None, *, lam: float = 10.0, scores=None, labels=None
                               targets=getattr(data, "targets", None), classes=getattr(data, "classes", None),
                               **kwargs)
     browser.head = head
-    static = not nbt.widgets_enabled() if static is None else static
+    static = not widgets_enabled() if static is None else static
     if static:
         import matplotlib.pyplot as plt
 
         fig = browser.static_figure(head)
         if save_as:
-            from .figures import save_figure
+            from sela_edu.course.figures import save_figure
 
             save_figure(fig, save_as)
         plt.show()

@@ -8,12 +8,12 @@ the console as they are met, get no label and are listed in ``OUT/skipped.txt``;
 
 Two ways to get the network:
 
-* **From a random network** (the default): the kit's trainer (:func:`sela_edu.trainer.train`) trains
+* **From a random network** (the default): the kit's trainer (:func:`sela_edu.training.train`) trains
   the small CNN on the in-memory images with the paper's augmentations, ``heads`` heads of ``clusters``
   clusters, label optimisations dense early and sparse late. Checkpoints go to ``OUT/checkpoints``
   after every epoch; running the same command again resumes there (``restart=True`` starts over).
 * **From a pretrained backbone** (``backbone=``): a released SeLa model by name (see
-  :mod:`sela_edu.pretrained`), ``torchvision:resnet18`` / ``torchvision:resnet50`` (ImageNet-supervised
+  :mod:`sela_edu.apps.pretrained`), ``torchvision:resnet18`` / ``torchvision:resnet50`` (ImageNet-supervised
   weights, downloaded by torchvision), or a checkpoint file (an official one, a torchvision-format one, a
   kit training checkpoint, or the ``model.pt`` an earlier ``sela-edu label`` run wrote). The backbone is
   frozen: its features are computed once (saved block by block in ``OUT/checkpoints``, so an interrupted
@@ -24,15 +24,15 @@ Outputs in ``OUT``:
 
 * ``labels.csv``: the image's path relative to ``FOLDER`` (``/`` separators), then one column per head
   (``head0, head1, ...``), one row per labelled image; read it with
-  :func:`sela_edu.labels_io.read_path_labels_csv`. The labels are the final equal-sized assignment
+  :func:`sela_edu.training.labels_io.read_path_labels_csv`. The labels are the final equal-sized assignment
   (Sinkhorn-Knopp on the trained network's scores).
 * ``index.html``: a contact sheet, one section per head and one row of thumbnails per cluster (its most
   confident images first, with the cluster's size); thumbnails are embedded, so the file opens anywhere.
 * ``skipped.txt``: ``path<TAB>reason`` for every file that got no label.
-* ``model.pt``: the network (kit format, loadable with :func:`sela_edu.pretrained.load_checkpoint_file`
+* ``model.pt``: the network (kit format, loadable with :func:`sela_edu.apps.pretrained.load_checkpoint_file`
   and usable as ``--backbone`` for another folder), with the final labels and ``lam``; with a backbone,
   ``heads.pt`` instead (the trained heads, the backbone's name and the final labels). Either one labels
-  new images without training: ``sela-edu assign`` (:mod:`sela_edu.assign`). And ``summary.json``
+  new images without training: ``sela-edu assign`` (:mod:`sela_edu.apps.assign`). And ``summary.json``
   (settings, sizes, timings).
 """
 
@@ -222,7 +222,7 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
 
 def _resolve_backbone(backbone: str, *, progress: bool):
     """(model, image_size, mean, std, description) for a backbone name or file."""
-    from . import pretrained
+    from sela_edu.apps import pretrained
 
     spec = str(backbone)
     if spec.startswith("torchvision:"):
@@ -244,7 +244,7 @@ def _resolve_backbone(backbone: str, *, progress: bool):
 @torch.no_grad()
 def score_images(model: nn.Module, images: torch.Tensor, mean, std, device, batch_size: int = 512) -> list[torch.Tensor]:
     """Every head's scores (float32 N x K on the CPU) for in-memory uint8 ``images``, without augmentation."""
-    from .augment import plain_transform
+    from sela_edu.data.augment import plain_transform
 
     model.eval()
     outs: list[list[torch.Tensor]] = []
@@ -262,7 +262,7 @@ def label_step_labels(scores: Sequence[torch.Tensor], lam: float,
     these as its final labels and ``assign`` computes them the same way, so both give the same labels
     for the same scores.
     """
-    from .sinkhorn import self_label
+    from sela_edu.labelling import self_label
 
     priors = [None] * len(scores) if priors is None else list(priors)
     if len(priors) != len(scores):
@@ -278,8 +278,8 @@ def assigned_confidence(scores: Sequence[torch.Tensor], labels: torch.Tensor) ->
 def _features_resumable(model: nn.Module, folder: Path, paths: list[str], size: int, mean, std, device,
                         ckpt_path: Path, key: str, progress: bool, block: int = 256) -> torch.Tensor:
     """Frozen features of every image, decoded at ``size`` px block by block; saved after every block."""
-    from .augment import plain_transform
-    from .checkpoint import load_checkpoint, save_checkpoint
+    from sela_edu.data.augment import plain_transform
+    from sela_edu.training.checkpoint import load_checkpoint, save_checkpoint
 
     done: list[torch.Tensor] = []
     if ckpt_path.is_file():
@@ -330,7 +330,7 @@ class _FeatureHeads(nn.Module):
 
 def _train_feature_heads(features: torch.Tensor, ks: list[int], *, epochs: int, lam: float, seed: int,
                          batch_size: int, progress: bool) -> tuple[_FeatureHeads, list[dict]]:
-    from .sinkhorn import self_label
+    from sela_edu.labelling import self_label
 
     torch.manual_seed(seed)
     n, dim = features.shape
@@ -386,8 +386,8 @@ def label_folder(folder: str | os.PathLike, output: str | os.PathLike, *, cluste
         per_cluster: thumbnails per cluster on the contact sheet.
         callback: called after every training epoch with the trainer's record (random network only).
     """
-    from .labels_io import export_path_labels_csv
-    from .settings import pick_device
+    from sela_edu.training import export_path_labels_csv
+    from sela_edu.settings import pick_device
 
     t0 = time.perf_counter()
     folder, output = Path(folder), Path(output)
@@ -457,8 +457,8 @@ def _check_enough(n: int, ks: list[int]) -> None:
 
 def _label_random(loaded: LoadedImages, ks, *, epochs, size, batch_size, lam, seed, device, ckpt_dir, progress,
                   callback, output):
-    from .data import ImageData
-    from .trainer import config_from_preset, train
+    from sela_edu.data import ImageData
+    from sela_edu.training import config_from_preset, train
 
     n = len(loaded.paths)
     mean, std = _channel_stats(loaded.images)

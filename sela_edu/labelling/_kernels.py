@@ -4,7 +4,7 @@
 
     u_i = sum_k P_ik b_k              (row sums)
     mass_k = sum_i b_k P_ik / u_i      (how much of each row's unit mass cluster k receives)
-    sum_i log u_i                     (the semi-dual objective, see :mod:`sela_edu.sinkhorn`)
+    sum_i log u_i                     (the semi-dual objective, see :mod:`sela_edu.labelling`)
 
 Done as two matrix-vector products this reads the N x K matrix ``P`` twice. Here a block of rows is read
 once: ``u`` is computed for a row while it sits in the cache, and its contribution to the column sums is
@@ -13,7 +13,7 @@ gradient of the semi-dual objective and ``sum log u`` its value, so one pass giv
 both.
 
 **Blocks in their own frame.** ``P`` is formed block by block as the scores stream in (see
-:class:`~sela_edu.sinkhorn.ScoreBuffer`), each block shifted by its own column maxima. Rather than
+:class:`~sela_edu.labelling.ScoreBuffer`), each block shifted by its own column maxima. Rather than
 rescaling every block to a common shift afterwards (a read and a write of all of ``P``), the CPU kernels
 take the block's factors ``E[block]`` and use ``b = E[block] * w`` for its rows: a K-vector product per
 block instead of a pass over N x K entries.

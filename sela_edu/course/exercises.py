@@ -8,12 +8,12 @@ columns sum to [...], not to b: after scaling the rows, scale the columns"*.
 
 **No answer key ships here.** A right answer is recognised by its properties (marginals, sizes,
 values planted in the test problem by construction) or by agreement with the kit's own public
-functions that the course teaches with (:func:`sela_edu.sinkhorn.sinkhorn`,
-:func:`sela_edu.evaluation.weighted_knn`, :mod:`sela_edu.metrics`). The reference solutions live in the
+functions that the course teaches with (:func:`sela_edu.ot.sinkhorn`,
+:func:`sela_edu.evaluation.weighted_knn`, :mod:`sela_edu.evaluation.metrics`). The reference solutions live in the
 instructor material (the solution edition of the notebooks, ``instructor/``), which students do not
 install. Three exercises re-derive a kit function (``sinkhorn_step``: ``sinkhorn(-log Q, a, b, 1,
-max_iter=1)``; ``size_spread``: :func:`~sela_edu.metrics.cluster_size_spread`; ``matched_agreement``:
-:func:`~sela_edu.metrics.cluster_accuracy`): their checkers call the student's function with that kit
+max_iter=1)``; ``size_spread``: :func:`~sela_edu.evaluation.metrics.cluster_size_spread`; ``matched_agreement``:
+:func:`~sela_edu.evaluation.metrics.cluster_accuracy`): their checkers call the student's function with that kit
 function refused (:func:`without_kit`), so an answer that only calls it fails.
 
 | exercise | notebook | student writes |
@@ -85,9 +85,9 @@ def without_kit(fn: Callable, *kit_functions: Callable, exercise: str) -> Iterat
     """Inside the block, each of ``kit_functions`` raises :class:`ExerciseFailure` when called.
 
     Some exercises re-derive a public function of the kit (e.g. ``size_spread`` is
-    :func:`sela_edu.metrics.cluster_size_spread`), so an answer that only calls it would pass. The
+    :func:`sela_edu.evaluation.metrics.cluster_size_spread`), so an answer that only calls it would pass. The
     stand-in replaces the function wherever it is bound: in every loaded ``sela_edu`` module and in the
-    namespace ``fn`` was defined in (a notebook's globals, where ``from sela_edu.metrics import ...``
+    namespace ``fn`` was defined in (a notebook's globals, where ``from sela_edu.evaluation.metrics import ...``
     puts it). Everything is restored on leaving."""
     spaces = [vars(module) for name, module in list(sys.modules.items())
               if module is not None and (name == "sela_edu" or name.startswith("sela_edu."))]
@@ -139,7 +139,7 @@ def check_sinkhorn_step(fn: Callable, *, quiet: bool = False) -> None:
 
     The right answer is the kit's solver after one iteration started from ``K = Q`` (cost
     ``-log Q``, eps 1): ``sinkhorn(-log Q, a, b, 1, max_iter=1)``."""
-    from .sinkhorn import sinkhorn
+    from sela_edu.ot import sinkhorn
 
     for q, a, b in _sinkhorn_problems():
         want = sinkhorn(-np.log(q), a, b, 1.0, max_iter=1)
@@ -324,7 +324,7 @@ def check_weighted_knn_vote(fn: Callable, *, quiet: bool = False) -> None:
     similarities and neighbours are the ones given."""
     import torch
 
-    from .evaluation import weighted_knn
+    from sela_edu.evaluation import weighted_knn
 
     classes, temperature = 4, 0.1
     # hand-made rows first: together they tell each usual mistake from the right vote
@@ -433,8 +433,8 @@ def check_size_spread(fn: Callable, *, quiet: bool = False) -> None:
     """Check ``fn(labels, k) -> (smallest, largest)``: the sizes of the smallest and the largest of the
     ``k`` clusters, each divided by the equal share N/K (so a perfect equipartition gives (1, 1)).
     Clusters that received no image count, with size 0. Compared with
-    :func:`sela_edu.metrics.cluster_size_spread`."""
-    from .metrics import cluster_size_spread
+    :func:`sela_edu.evaluation.metrics.cluster_size_spread`."""
+    from sela_edu.evaluation.metrics import cluster_size_spread
 
     rng = np.random.default_rng(5)
     problems = [
@@ -477,8 +477,8 @@ def check_matched_agreement(fn: Callable, *, quiet: bool = False) -> None:
     agree on an image when ``b``'s cluster is matched to ``a``'s; the match is one to one (each id of b
     to at most one id of a) and chosen to maximise the agreement (the Hungarian algorithm,
     ``scipy.optimize.linear_sum_assignment``). Returns a fraction in [0, 1]. Compared with
-    :func:`sela_edu.metrics.cluster_accuracy`."""
-    from .metrics import cluster_accuracy, purity
+    :func:`sela_edu.evaluation.metrics.cluster_accuracy`."""
+    from sela_edu.evaluation.metrics import cluster_accuracy, purity
 
     rng = np.random.default_rng(6)
     a = rng.permutation(np.repeat(np.arange(5), 40))
@@ -523,7 +523,7 @@ def check_matched_agreement(fn: Callable, *, quiet: bool = False) -> None:
 def check_column_max(fn: Callable, *, quiet: bool = False) -> None:
     """Check ``fn(blocks) -> maxima``: ``blocks`` is an iterator (read it once) of n_i x K score
     tensors, the rows of an N x K matrix that never exists whole; return the K column maxima, as the
-    solver's :class:`~sela_edu.sinkhorn.ScoreBuffer` does before it forms ``exp(scores - max)``."""
+    solver's :class:`~sela_edu.labelling.ScoreBuffer` does before it forms ``exp(scores - max)``."""
     import torch
 
     g = torch.Generator().manual_seed(7)

@@ -43,7 +43,7 @@ refused with its URL and the path to put it at.
 
 Usage::
 
-    from sela_edu.pretrained import load_released, list_released
+    from sela_edu.apps.pretrained import load_released, list_released
     print(list_released())
     pre = load_released("resnet50-10x3k-pp")      # downloads about 100 MB once
     feats = pre.model.features(images_224px)      # N x 2048
@@ -65,7 +65,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import MultiHeadNet, build_model
+from sela_edu.models import MultiHeadNet, build_model
 
 #: Where the paper's models and the stronger-augmentation ResNets live.
 ASSET_URL = "http://www.robots.ox.ac.uk/~vgg/research/self-label/asset/"
@@ -610,7 +610,7 @@ def load_checkpoint_file(path: str | os.PathLike, *, layout: str = "auto", trust
 
 def _read_kit_checkpoint(path: Path):
     """The state of a kit training checkpoint (``save_checkpoint`` format), else None."""
-    from . import checkpoint as ckpt
+    from sela_edu.training import checkpoint as ckpt
 
     try:
         state = ckpt.load_checkpoint(path)
@@ -626,7 +626,7 @@ def _kit_normalisation(meta, payload, channels: int) -> tuple[tuple[float, ...],
         return tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"])
     config = payload.get("config") if isinstance(payload, Mapping) else None
     if isinstance(config, Mapping):
-        from .data import DATASET_INFO, _canonical_name
+        from sela_edu.data.datasets import DATASET_INFO, _canonical_name
 
         try:
             info = DATASET_INFO[_canonical_name(config.get("dataset", ""))]
@@ -639,8 +639,8 @@ def _kit_normalisation(meta, payload, channels: int) -> tuple[tuple[float, ...],
 
 
 def _build_from_config(config: Mapping[str, Any], state: Mapping[str, Any]) -> dict | None:
-    from .data import DATASET_INFO, _canonical_name
-    from .trainer import resolve_arch
+    from sela_edu.data.datasets import DATASET_INFO, _canonical_name
+    from sela_edu.training import resolve_arch
 
     try:
         info = DATASET_INFO[_canonical_name(config.get("dataset", ""))]

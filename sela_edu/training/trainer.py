@@ -4,8 +4,8 @@ Training alternates two steps, as in the paper and the official code:
 
 1. **Label optimisation.** At ``nopts`` moments spread over training (:func:`relabel_schedule`), the
    network scores the whole data set without augmentation; the scores are streamed batch by batch
-   into one :class:`~sela_edu.sinkhorn.ScoreBuffer` per head, and Sinkhorn-Knopp
-   (:func:`~sela_edu.sinkhorn.self_label`) turns them into equipartitioned labels for every head.
+   into one :class:`~sela_edu.labelling.ScoreBuffer` per head, and Sinkhorn-Knopp
+   (:func:`~sela_edu.labelling.self_label`) turns them into equipartitioned labels for every head.
 2. **Representation learning.** Between optimisations, SGD on the mean over heads of the
    cross-entropy against the current labels, on augmented images.
 
@@ -18,7 +18,7 @@ trains on the true classes (or on any fixed labels: :func:`transfer_labels`) wit
 Quick start (a notebook)::
 
     from sela_edu.data import load_dataset
-    from sela_edu.trainer import config_from_preset, train
+    from sela_edu.training import config_from_preset, train
     config = config_from_preset("classroom", epochs=5)
     result = train(config, load_dataset("fashion-mnist"), callback=lambda rec: print(rec["nmi"]))
 
@@ -57,9 +57,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint as ckpt
-from . import distributed as dist_utils
-from .settings import pick_device, seed_everything
+from sela_edu.training import checkpoint as ckpt
+from sela_edu.training import distributed as dist_utils
+from sela_edu.settings import pick_device, seed_everything
 
 METHODS = ("sela", "kmeans", "supervised")
 SCHEDULES = ("even", "quadratic")
@@ -191,7 +191,7 @@ class TrainConfig:
             raise ValueError(f"unknown nopt_schedule {self.nopt_schedule!r}; choose one of {SCHEDULES}")
         if self.storage_dtype not in STORAGE_DTYPES:
             raise ValueError(f"unknown storage_dtype {self.storage_dtype!r}; choose one of {tuple(STORAGE_DTYPES)}")
-        from .models import ARCHS, check_head_temperature
+        from sela_edu.models import ARCHS, check_head_temperature
 
         check_head_temperature(self.head_temperature)
         if self.arch != "auto" and self.arch not in ARCHS:
@@ -349,7 +349,7 @@ def resolve_arch(arch: str, image_size: int) -> str:
 
 def build_for_config(config: TrainConfig, data, num_clusters: list[int] | None = None):
     """The config's network for ``data``, freshly initialised from ``config.seed`` (on the CPU)."""
-    from .models import build_model
+    from sela_edu.models import build_model
 
     ks = config.cluster_list() if num_clusters is None else list(num_clusters)
     torch.manual_seed(config.seed)
@@ -399,7 +399,7 @@ def _kept_batches(loader):
 
 
 def _plain_loader(data, batch_size: int, device: torch.device, seed: int, num_workers: int):
-    from .data import make_loader
+    from sela_edu.data import make_loader
 
     distributed = dist_utils.get_world_size() > 1
     return make_loader(data, batch_size, train=False, shuffle=False, device=device, seed=seed,
@@ -408,7 +408,7 @@ def _plain_loader(data, batch_size: int, device: torch.device, seed: int, num_wo
 
 def training_augment(config: TrainConfig, data):
     """The training augmentation of ``data`` at ``config.image_size`` (None: the loader's default)."""
-    from .data import ImageData, default_augment
+    from sela_edu.data import ImageData, default_augment
 
     if config.image_size is None or not isinstance(data, ImageData) or config.image_size == data.image_size:
         return None
@@ -422,8 +422,8 @@ def plain_loader(config: TrainConfig, data, batch_size: int, *, device=None, see
     With ``config.image_size`` set, in-memory images are upsampled as torchvision's Resize(size * 256 / 224)
     + CenterCrop(size) would (the official CIFAR code's test transform).
     """
-    from .augment import CenterUpsample
-    from .data import ImageData, make_loader
+    from sela_edu.data.augment import CenterUpsample
+    from sela_edu.data import ImageData, make_loader
 
     distributed = dist_utils.get_world_size() > 1 if distributed is None else distributed
     device = pick_device(config.device) if device is None else torch.device(device)
@@ -443,8 +443,8 @@ def relabel(model: nn.Module, data, *, lam: float = 10.0, batch_size: int = 512,
             buffers: dict | None = None) -> list:
     """Optimise labels for the heads of ``model`` on ``data`` (SeLa's step 1).
 
-    Scores every image once, streaming each batch into one :class:`~sela_edu.sinkhorn.ScoreBuffer` per
-    head, then solves each head with :func:`~sela_edu.sinkhorn.self_label`. Returns one SelfLabelResult
+    Scores every image once, streaming each batch into one :class:`~sela_edu.labelling.ScoreBuffer` per
+    head, then solves each head with :func:`~sela_edu.labelling.self_label`. Returns one SelfLabelResult
     per solved head whose ``labels`` cover all N images in data order (gathered from every rank in a
     distributed run).
 
@@ -459,7 +459,7 @@ def relabel(model: nn.Module, data, *, lam: float = 10.0, batch_size: int = 512,
     ``buffers``: a dict the caller keeps between calls (head -> ScoreBuffer); a head's buffer is reset and
     refilled when its shape still fits, so P's memory is not allocated (and first touched) again each time.
     """
-    from .sinkhorn import ScoreBuffer, self_label
+    from sela_edu.labelling import ScoreBuffer, self_label
 
     net = _unwrap(model)
     device = next(net.parameters()).device if device is None else torch.device(device)
@@ -534,7 +534,7 @@ def compute_features(model: nn.Module, data, *, batch_size: int = 512, device=No
 
     :func:`sela_edu.evaluation.extract_features` on this rank's shard (without the shard's padding).
     """
-    from .evaluation import extract_features
+    from sela_edu.evaluation import extract_features
 
     net = _unwrap(model)
     device = next(net.parameters()).device if device is None else torch.device(device)
@@ -558,7 +558,7 @@ def kmeans_relabel(model: nn.Module, data, num_clusters: list[int], *, seed: int
     In a distributed run the features are gathered, rank 0 clusters, and the labels are broadcast.
     Heads with the same K get different k-means seeds, so they differ as SeLa's heads do.
     """
-    from .baselines import kmeans_labels
+    from sela_edu.training import kmeans_labels
 
     device = next(_unwrap(model).parameters()).device
     _sync(device)
@@ -753,7 +753,7 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> 
 
 
 def _epoch_record(epoch, step, loss, lr, changes, labels, ks, targets, timing, relabels, extra) -> dict:
-    from .metrics import cluster_size_spread, nmi
+    from sela_edu.evaluation.metrics import cluster_size_spread, nmi
 
     record = {
         "epoch": epoch,
@@ -775,7 +775,7 @@ def _epoch_record(epoch, step, loss, lr, changes, labels, ks, targets, timing, r
 
 
 def _changes(previous: torch.Tensor, new: torch.Tensor) -> dict[str, list[float]]:
-    from .metrics import label_change, label_change_nmi
+    from sela_edu.evaluation.metrics import label_change, label_change_nmi
 
     return {"label_change": [label_change(a, b) for a, b in zip(previous, new)],
             "label_nmi_previous": [label_change_nmi(a, b) for a, b in zip(previous, new)]}
@@ -783,7 +783,7 @@ def _changes(previous: torch.Tensor, new: torch.Tensor) -> dict[str, list[float]
 
 def _evaluate(model, data, eval_data, config, device) -> dict[str, float]:
     """Weighted kNN accuracy of the current features on ``eval_data`` (train split as memory bank)."""
-    from . import evaluation
+    from sela_edu.evaluation import protocol as evaluation
 
     net = _unwrap(model)
     bs = config.score_batch_size or 2 * config.batch_size
@@ -798,7 +798,7 @@ def _evaluate(model, data, eval_data, config, device) -> dict[str, float]:
 
 def _build(config: TrainConfig, data, labels) -> tuple[_Setup, _Loop]:
     """Data, model, optimiser and loaders of a run, and its loop state at the start (before any resume)."""
-    from .data import load_dataset, make_loader
+    from sela_edu.data import load_dataset, make_loader
 
     if data is None:
         data = load_dataset(config.dataset, "train")
@@ -1117,7 +1117,7 @@ def transfer_labels(config: TrainConfig, data, labels, *, eval_data=None, callba
                     progress: bool = True) -> TrainResult:
     """Train a fresh network supervised on given pseudo-labels (the paper's "label transfer").
 
-    ``labels`` is num_heads x N (e.g. from :func:`sela_edu.labels_io.read_labels_csv`) or N. The network
+    ``labels`` is num_heads x N (e.g. from :func:`sela_edu.training.labels_io.read_labels_csv`) or N. The network
     gets one head per label row with K = that row's largest label + 1; everything else comes from
     ``config`` (its method is set to "supervised").
     """

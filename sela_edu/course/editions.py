@@ -2,7 +2,7 @@
 
 The committed notebooks are the *solution edition* (the tests run them). An exercise there is a stub
 cell tagged ``exercise`` (containing ``# YOUR CODE HERE``) followed by a cell tagged ``solution`` that
-redefines the function, then cells tagged ``check`` that call :mod:`sela_edu.exercises`. A cell may
+redefines the function, then cells tagged ``check`` that call :mod:`sela_edu.course.exercises`. A cell may
 also carry nbgrader's own markers directly (``### BEGIN SOLUTION`` / ``### END SOLUTION``: they are
 comments, so such a cell runs as the solution).
 
@@ -32,7 +32,7 @@ import os
 import re
 from pathlib import Path
 
-from . import settings
+from sela_edu import settings
 
 __all__ = [
     "STUB_MARKER", "BEGIN_SOLUTION", "END_SOLUTION", "BEGIN_HIDDEN_TESTS", "END_HIDDEN_TESTS", "CODE_STUB",
@@ -72,7 +72,7 @@ def _meta(grade_id: str, *, solution=False, grade=False, locked=False, points=No
 
 def _default_notebooks_dir() -> Path:
     try:
-        from .course.runner import NOTEBOOKS_DIR
+        from sela_edu.course.runner import NOTEBOOKS_DIR
     except ImportError:  # pragma: no cover - before the course package existed
         NOTEBOOKS_DIR = settings.REPO_ROOT / "notebooks"
     return Path(NOTEBOOKS_DIR)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import settings
+from sela_edu import settings
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 

@@ -78,7 +78,7 @@ class VOCResult:
 
 
 def default_root() -> Path:
-    from .settings import data_root
+    from sela_edu.settings import data_root
 
     return data_root() / "voc"
 
@@ -171,8 +171,8 @@ def _decode_squash(args) -> np.ndarray:
 def image_features(model: nn.Module, files: Sequence[str], *, image_size: int = 224, mean=None, std=None,
                    batch_size: int = 64, device=None, progress: bool = True, desc: str = "features") -> torch.Tensor:
     """Frozen features (``model.features``, eval mode) of image files resized to ``image_size`` squares."""
-    from .augment import plain_transform
-    from .pretrained import IMAGENET_MEAN, IMAGENET_STD
+    from sela_edu.data.augment import plain_transform
+    from sela_edu.apps.pretrained import IMAGENET_MEAN, IMAGENET_STD
 
     mean = mean or IMAGENET_MEAN
     std = std or IMAGENET_STD

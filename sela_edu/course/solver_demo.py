@@ -1,4 +1,4 @@
-"""A one-minute look at the label step on the embedded digits: ``python -m sela_edu.solver_demo``.
+"""A one-minute look at the label step on the embedded digits: ``python -m sela_edu.course.solver_demo``.
 
 Scores come from a "network" that is nothing but 10 randomly chosen digits used as prototypes (score =
 negative distance to each). Taking the argmax of such scores gives very unequal clusters; SeLa's
@@ -16,8 +16,8 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.metrics import normalized_mutual_info_score
 
-from .settings import figures_dir
-from .sinkhorn import self_label
+from sela_edu.settings import figures_dir
+from sela_edu.labelling import self_label
 
 
 def prototype_scores(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Small helpers for training on several processes (GPUs or machines) with torch.distributed.
 
-Launch any script that calls :func:`sela_edu.trainer.train` under torchrun; each process trains on its
+Launch any script that calls :func:`sela_edu.training.train` under torchrun; each process trains on its
 own shard of the data and the label optimisation runs jointly over all shards::
 
     # one machine, 4 GPUs (nccl), or 4 CPU processes (gloo) when there is no GPU

@@ -353,7 +353,7 @@ def frozen_evaluation(model, train_data, test_data, *, knn_k: int = 200, pca_dim
     even when a model was trained on an imbalanced subset): the evaluation then measures the features,
     not the evaluation set.
     """
-    from .data import make_loader
+    from sela_edu.data import make_loader
 
     dev = device if device is not None else next(model.parameters()).device
     train_feats = extract_features(model, make_loader(train_data, batch_size, train=False, device=dev))
