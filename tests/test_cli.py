@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from sela_edu import cli, course, settings
-from sela_edu.data import datasets as data
+from sela_edu import data
 
 
 def test_parse_value_reads_json_or_keeps_strings():

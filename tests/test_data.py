@@ -1,4 +1,5 @@
-"""Tests for sela_edu.data: every data set in its real file format, loaders, sharding and imbalance.
+"""Tests for sela_edu.data: every data set in its real file format, loaders, sharding, imbalance, downloads,
+and the course's data decision built on them (sela_edu.course.cpu_dataset).
 
 CIFAR, SVHN and image folders are tested on small files written here in the official formats
 (python pickles, MATLAB .mat, PNG folders); Fashion-MNIST on the shared copy when it exists.
@@ -416,7 +417,7 @@ def test_imbalance_helpers_bad_arguments():
         light_imbalance(t, cls=10)
 
 
-# --- availability, download with a short timeout, the digits fallback ------------------------------
+# --- availability, download with a short timeout, the course's digits fallback ---------------------
 
 def test_available_follows_the_data_layout(tmp_path):
     from sela_edu.data import available
@@ -436,18 +437,19 @@ def test_available_follows_the_data_layout(tmp_path):
 def test_download_failure_falls_back_to_digits_with_a_notice_quickly(tmp_path, monkeypatch):
     import time
 
-    from sela_edu.data import datasets as data
+    from sela_edu.course import cpu_dataset
+    from sela_edu.data import download
 
     monkeypatch.delenv("SELA_OFFLINE", raising=False)
-    monkeypatch.setattr(data, "_reachable", lambda host, port, timeout: True)
+    monkeypatch.setattr(download, "_reachable", lambda host, port, timeout: True)
 
     def failing_download(key, base, timeout):
         raise TimeoutError("timed out")
 
-    monkeypatch.setattr(data, "_download", failing_download)
+    monkeypatch.setattr(download, "_download", failing_download)
     logs = []
     start = time.perf_counter()
-    assert data.cpu_dataset("classroom", None, tmp_path, log=logs.append) == "digits"
+    assert cpu_dataset("classroom", None, tmp_path, log=logs.append) == "digits"
     assert time.perf_counter() - start < 2
     assert any("download failed" in line and "TimeoutError" in line for line in logs)
     assert logs[-1].startswith("NOTICE: Fashion-MNIST") and "03" in logs[-1] and "05" in logs[-1]
@@ -456,7 +458,7 @@ def test_download_failure_falls_back_to_digits_with_a_notice_quickly(tmp_path, m
 def test_unreachable_server_gives_up_within_the_timeout(tmp_path, monkeypatch):
     import time
 
-    from sela_edu.data import datasets as data
+    from sela_edu.data import download
 
     monkeypatch.delenv("SELA_OFFLINE", raising=False)
     import socket
@@ -467,29 +469,31 @@ def test_unreachable_server_gives_up_within_the_timeout(tmp_path, monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", hanging_connection)
     downloads = []
-    monkeypatch.setattr(data, "_download", lambda *a: downloads.append(a))
+    monkeypatch.setattr(download, "_download", lambda *a: downloads.append(a))
     logs = []
     start = time.perf_counter()
-    assert not data.ensure_dataset("fashion-mnist", tmp_path, timeout=0.5, log=logs.append)
+    assert not download.ensure_dataset("fashion-mnist", tmp_path, timeout=0.5, log=logs.append)
     assert time.perf_counter() - start < 2 and not downloads
     assert "did not answer within 0.5 s" in logs[0]
 
 
 def test_offline_setting_and_smoke_profile_never_download(tmp_path, monkeypatch):
-    from sela_edu.data import datasets as data
+    from sela_edu.course import cpu_dataset
+    from sela_edu.data import download
 
-    monkeypatch.setattr(data, "_reachable", lambda *a: pytest.fail("no network check when offline"))
+    monkeypatch.setattr(download, "_reachable", lambda *a: pytest.fail("no network check when offline"))
     monkeypatch.setenv("SELA_OFFLINE", "1")
-    assert not data.ensure_dataset("fashion-mnist", tmp_path, log=None)
-    assert data.cpu_dataset("smoke", None, tmp_path) == "digits"
-    assert data.cpu_dataset("classroom", "cifar-10", tmp_path) == "cifar10"
+    assert not download.ensure_dataset("fashion-mnist", tmp_path, log=None)
+    assert cpu_dataset("smoke", None, tmp_path) == "digits"
+    assert cpu_dataset("classroom", "cifar-10", tmp_path) == "cifar10"
 
 
 def test_successful_download_gives_fashion_mnist(tmp_path, monkeypatch):
-    from sela_edu.data import datasets as data
+    from sela_edu.course import cpu_dataset
+    from sela_edu.data import download
 
     monkeypatch.delenv("SELA_OFFLINE", raising=False)
-    monkeypatch.setattr(data, "_reachable", lambda *a: True)
+    monkeypatch.setattr(download, "_reachable", lambda *a: True)
 
     def fake_download(key, base, timeout):
         raw = base / "FashionMNIST" / "raw"
@@ -498,7 +502,25 @@ def test_successful_download_gives_fashion_mnist(tmp_path, monkeypatch):
             for k in ("images-idx3", "labels-idx1"):
                 (raw / f"{p}-{k}-ubyte").write_bytes(b"")
 
-    monkeypatch.setattr(data, "_download", fake_download)
+    monkeypatch.setattr(download, "_download", fake_download)
     logs = []
-    assert data.cpu_dataset("classroom", None, tmp_path, log=logs.append) == "fashion-mnist"
+    assert cpu_dataset("classroom", None, tmp_path, log=logs.append) == "fashion-mnist"
     assert not any(line.startswith("NOTICE") for line in logs)
+
+
+def test_paper_profile_takes_the_notebooks_paper_data_set_without_looking_for_fashion_mnist(tmp_path, monkeypatch):
+    from sela_edu.course import cpu_dataset, data_choice
+
+    monkeypatch.setattr(data_choice, "ensure_dataset", lambda *a, **k: pytest.fail("no Fashion-MNIST at paper"))
+    assert cpu_dataset("paper", None, tmp_path, paper="cifar-10") == "cifar10"
+    assert cpu_dataset("paper", "svhn", tmp_path, paper="cifar10") == "svhn"     # the parameter wins
+    assert cpu_dataset("smoke", None, tmp_path, paper="cifar10") == "digits"     # only the paper profile
+
+
+def test_data_decision_names_a_bad_profile_or_data_set(tmp_path):
+    from sela_edu.course import cpu_dataset
+
+    with pytest.raises(ValueError, match="unknown profile 'fast'"):
+        cpu_dataset("fast", None, tmp_path)
+    with pytest.raises(ValueError, match="unknown data set 'mnist3d'"):
+        cpu_dataset("classroom", "mnist3d", tmp_path)

@@ -1,4 +1,5 @@
-"""The paper's augmentations as batched tensor operations.
+"""The paper's augmentations: as batched tensor operations for in-memory sets, as torchvision
+per-image pipelines (:func:`folder_transform`) for image files.
 
 SeLa trains with random resized crops (scale 0.2 to 1), random greyscale (p = 0.2), colour jitter
 (0.4) and horizontal flips, then normalises. torchvision applies these to one PIL image at a time,
@@ -305,3 +306,19 @@ class BatchAugment(nn.Module):
                 x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
             return x
         return plain_transform(x, self.mean, self.std, self.size)
+
+
+def folder_transform(train: bool, mean: Sequence[float], std: Sequence[float], size: int = 224):
+    """torchvision per-image transforms for image files: the paper's training pipeline, or the plain one.
+
+    Training: RandomResizedCrop(size, scale=(0.2, 1)), RandomGrayscale(0.2), ColorJitter(0.4, 0.4, 0.4,
+    0.4), RandomHorizontalFlip, ToTensor, Normalize. Plain: Resize(size * 256 / 224), CenterCrop(size),
+    ToTensor, Normalize.
+    """
+    from torchvision import transforms as T
+
+    norm = [T.ToTensor(), T.Normalize(mean, std)]
+    if train:
+        return T.Compose([T.RandomResizedCrop(size, scale=(0.2, 1.0)), T.RandomGrayscale(0.2),
+                          T.ColorJitter(0.4, 0.4, 0.4, 0.4), T.RandomHorizontalFlip(), *norm])
+    return T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), *norm])
