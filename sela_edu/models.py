@@ -326,9 +326,4 @@ def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10
     return model
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters (handy in the notebooks)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-__all__ = ["ARCHS", "MIN_IMAGE_SIZE", "MultiHeadNet", "build_model", "count_parameters"]
+__all__ = ["ARCHS", "MIN_IMAGE_SIZE", "MultiHeadNet", "build_model"]

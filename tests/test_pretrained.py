@@ -229,6 +229,23 @@ def test_kit_model_file_and_bare_state_dict(tmp_path):
         assert torch.allclose(pre.model.features(x), model.features(x))
 
 
+def test_unexpected_error_reading_a_kit_checkpoint_is_not_hidden(tmp_path, monkeypatch):
+    """Only "not in the kit's checkpoint format" sends a file to the plain reader; any other failure (a
+    disk error, a bug) reaches the caller instead of being read past."""
+    from sela_edu.training import checkpoint as ckpt
+
+    model = build_model("smallcnn", num_heads=1, num_clusters=3, in_channels=1, image_size=28)
+    path = tmp_path / "model.pt"
+    torch.save({"build_kwargs": dict(model.build_kwargs), "state_dict": model.state_dict()}, path)
+
+    def failing_read(*args, **kwargs):
+        raise OSError("read failed")
+
+    monkeypatch.setattr(ckpt, "load_checkpoint", failing_read)
+    with pytest.raises(OSError, match="read failed"):
+        pt.load_checkpoint_file(path)
+
+
 def test_kit_model_file_keeps_cosine_heads(tmp_path):
     model = build_model("smallcnn", num_heads=1, num_clusters=4, in_channels=1, image_size=28, head_temperature=0.2)
     path = tmp_path / "model.pt"

@@ -614,7 +614,7 @@ def _read_kit_checkpoint(path: Path):
 
     try:
         state = ckpt.load_checkpoint(path)
-    except (ckpt.CheckpointError, FileNotFoundError, Exception):
+    except ckpt.CheckpointError:   # not in the kit's format (a released file, a bare state dict): read it plainly
         return None
     return state if isinstance(state, Mapping) and "model" in state else None
 
