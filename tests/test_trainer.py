@@ -12,8 +12,9 @@ from sela_edu.training.checkpoint import CheckpointError
 from sela_edu.data import load_dataset
 from sela_edu.training import export_labels_csv, read_labels_csv
 from sela_edu.evaluation.metrics import nmi
-from sela_edu.training import (PRESETS, StopTraining, TrainConfig, config_from_preset, initial_labels, random_init_model,
-                              relabel, relabel_schedule, train, transfer_labels)
+from sela_edu.training import (PRESETS, StopTraining, TrainConfig, clusters_per_head, config_from_preset, folder_config,
+                              initial_labels, list_presets, random_init_model, relabel, relabel_schedule, train,
+                              transfer_labels)
 
 # Wall-clock fields differ between runs; everything else in a history record must be reproducible.
 TIME_KEYS = {"seconds", "train_seconds", "relabel_seconds", "score_seconds", "solve_seconds",
@@ -51,7 +52,8 @@ def _untimed(history):
 
 
 def test_presets_match_the_official_recipes():
-    assert set(PRESETS) == {"smoke", "classroom", "cifar-paper", "cifar-32", "imagenet-paper"}
+    assert set(PRESETS) == {"smoke", "classroom", "classroom-short", "classroom-imbalance", "folder", "cifar-paper",
+                            "cifar-32", "imagenet-paper"}
     for name in ("cifar-paper", "cifar-32"):
         cifar = config_from_preset(name)
         assert (cifar.num_heads, cifar.num_clusters, cifar.lam, cifar.epochs, cifar.nopts) == (10, 128, 10.0, 400, 400)
@@ -72,6 +74,80 @@ def test_presets_match_the_official_recipes():
     classroom = config_from_preset("classroom", epochs=3, lam=25)
     assert classroom.arch == "smallcnn" and classroom.epochs == 3 and classroom.lam == 25
     assert config_from_preset("smoke").epochs <= 2
+
+
+def _differences(name: str, base: str = "classroom") -> dict:
+    a, b = config_from_preset(name).to_dict(), config_from_preset(base).to_dict()
+    return {k: a[k] for k in a if a[k] != b[k]}
+
+
+def test_course_presets_are_the_classroom_recipe_shortened_as_the_notebooks_run_it():
+    # notebooks 03 and 06: 10 epochs on 20,000 images; notebook 05: 6 epochs, 12 optimisations, 8,000 images
+    assert _differences("classroom-short") == {"epochs": 10, "max_images": 20_000}
+    assert _differences("classroom-imbalance") == {"epochs": 6, "nopts": 12, "max_images": 8_000}
+
+
+def test_a_notebook_names_its_preset_through_the_profile():
+    from sela_edu import course
+
+    short = course.resolve_config("classroom", classroom_preset="classroom-short", seed=None, lam=25)
+    assert short == config_from_preset("classroom-short", lam=25)
+    # the other profiles keep their own presets
+    assert course.resolve_config("smoke", classroom_preset="classroom-short") == config_from_preset("smoke")
+    with pytest.raises(ValueError, match="classroom-short"):
+        course.resolve_config("classroom", classroom_preset="classroom-shorter")
+
+
+def test_every_preset_is_listed_on_one_line(capsys):
+    from sela_edu import cli
+
+    lines = list_presets()
+    assert [line.split()[0] for line in lines] == list(PRESETS)
+    assert all(len(line.split()) > 3 for line in lines)  # a name and what it is for
+    assert cli.main(["presets"]) == 0
+    assert capsys.readouterr().out.splitlines() == lines
+
+
+def test_a_config_does_not_share_lists_with_its_preset():
+    config = config_from_preset("classroom")
+    config.num_clusters.append(7)
+    config.lr_milestones.append(3)
+    assert PRESETS["classroom"]["num_clusters"] == [10, 20, 50, 100] and PRESETS["classroom"]["lr_milestones"] == []
+
+
+@pytest.mark.parametrize("num_images, clusters, heads, epochs, batch_size, expected", [
+    # (batch, label optimisations): N / 4 images a batch, half as many optimisations as epochs, at least 4 ...
+    (100, 3, 2, 4, None, (25, 4)),
+    (2000, "10,20", None, 30, None, (256, 15)),
+    # ... a batch of at least 16 but not above N, and not more optimisations than steps
+    (20, [3], None, 2, None, (16, 2)),
+    (40, 3, None, 200, 64, (40, 100)),
+])
+def test_folder_config_sizes_the_folder_preset(num_images, clusters, heads, epochs, batch_size, expected):
+    config = folder_config(num_images, clusters, heads, epochs=epochs, batch_size=batch_size, seed=3)
+    assert (config.batch_size, config.nopts) == expected
+    assert config.cluster_list() == clusters_per_head(clusters, heads) and config.epochs == epochs
+    assert _differences("folder") == {"dataset": "folder", "num_heads": 1, "num_clusters": 10, "epochs": 50,
+                                      "nopts": 25}
+    assert (config.dataset, config.eval_every, config.seed) == ("folder", 0, 3)
+
+
+@pytest.mark.parametrize("clusters, heads, expected", [
+    (10, None, [10]), (10, 3, [10, 10, 10]), ([10], 2, [10, 10]), ([10, 20], None, [10, 20]),
+    ("10,20,50", None, [10, 20, 50]), (" 7 ", 2, [7, 7]), ((4, 5), 2, [4, 5]),
+])
+def test_one_rule_for_clusters_per_head(clusters, heads, expected):
+    assert clusters_per_head(clusters, heads) == expected
+    assert config_from_preset("smoke", num_heads=len(expected), num_clusters=clusters).cluster_list() == expected
+
+
+@pytest.mark.parametrize("clusters, heads, match", [
+    ([10, 20], 3, "2 values"), ("10,x", None, "integer >= 2"), (1, None, "integer >= 2"), ([], None, "0 values"),
+    (10.0, None, "int or a list"), (10, 0, "num_heads"), ([True, 3], 2, "integer >= 2"),
+])
+def test_clusters_per_head_names_the_problem(clusters, heads, match):
+    with pytest.raises(ValueError, match=match):
+        clusters_per_head(clusters, heads)
 
 
 def test_unknown_preset_and_field_list_the_valid_ones():

@@ -29,20 +29,23 @@ def check_profile(profile: str) -> str:
     return profile
 
 
-def preset_for(profile: str, paper_preset: str = "cifar-paper") -> str:
-    """The trainer preset behind a profile: smoke -> "smoke", classroom -> "classroom",
+def preset_for(profile: str, paper_preset: str = "cifar-paper", classroom_preset: str = "classroom") -> str:
+    """The trainer preset behind a profile: smoke -> "smoke", classroom -> ``classroom_preset``
+    ("classroom", or a notebook's shortened run of it: "classroom-short", "classroom-imbalance"),
     paper -> ``paper_preset`` ("cifar-paper" or "imagenet-paper")."""
     check_profile(profile)
-    return paper_preset if profile == "paper" else profile
+    return {"smoke": "smoke", "classroom": classroom_preset, "paper": paper_preset}[profile]
 
 
-def resolve_config(profile: str, *, paper_preset: str = "cifar-paper", **overrides):
-    """``trainer.config_from_preset(preset_for(profile), **overrides)``, ignoring overrides that are
-    ``None`` (a notebook parameter left at its default)."""
+def resolve_config(profile: str, *, paper_preset: str = "cifar-paper", classroom_preset: str = "classroom",
+                   **overrides):
+    """``training.config_from_preset(preset_for(profile, ...), **overrides)``, ignoring overrides that
+    are ``None`` (a notebook parameter left at its default). A notebook names its presets here rather
+    than editing the config, so that every setting it runs is a preset (``sela-edu presets``)."""
     from sela_edu.training import config_from_preset
 
     given = {k: v for k, v in overrides.items() if v is not None}
-    return config_from_preset(preset_for(profile, paper_preset), **given)
+    return config_from_preset(preset_for(profile, paper_preset, classroom_preset), **given)
 
 
 def pick(profile: str, *, smoke, classroom, paper=None):

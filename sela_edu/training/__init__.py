@@ -1,29 +1,23 @@
 """Training: configuration and presets, the loop that alternates label steps and SGD, the methods
 (SeLa, k-means pseudo-labels, supervised, +Rot), checkpoints, distributed runs and label transfer.
+
+One job per module: ``config`` (TrainConfig, the K-per-head rule), ``presets`` (named settings, as
+data), ``schedule`` (when to relabel, the first labels, the image subset), ``loaders``, ``scoring``
+(the passes that score a data set), ``labelstep`` (SeLa's or k-means' label step), ``build`` (a run's
+network, optimiser and loaders), ``state`` (RNG and checkpoints: bit-exact resume), ``loop``
+(:func:`train`), ``monitor`` (kNN while training), ``transfer`` (label transfer), ``baselines``
+(k-means), ``checkpoint``, ``distributed``, ``labels_io``.
 """
 
-from .trainer import (
-    TrainConfig,
-    TrainResult,
-    StopTraining,
-    PRESETS,
-    METHODS,
-    SCHEDULES,
-    config_from_preset,
-    train,
-    relabel,
-    relabel_schedule,
-    initial_labels,
-    kmeans_relabel,
-    compute_features,
-    random_init_model,
-    build_for_config,
-    transfer_labels,
-    subset_indices,
-    resolve_arch,
-    plain_loader,
-    training_augment,
-)
+from .config import METHODS, SCHEDULES, TrainConfig, clusters_per_head
+from .presets import PRESETS, config_from_preset, folder_config, list_presets
+from .schedule import initial_labels, relabel_schedule, subset_indices
+from .loaders import plain_loader, training_augment
+from .scoring import compute_features, relabel
+from .labelstep import kmeans_relabel
+from .build import build_for_config, random_init_model, resolve_arch
+from .loop import StopTraining, TrainResult, train
+from .transfer import transfer_labels
 from .baselines import kmeans_labels
 from .labels_io import (
     export_labels_csv,
@@ -34,4 +28,9 @@ from .labels_io import (
     read_any_labels_csv,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "StopTraining", "PRESETS", "METHODS", "SCHEDULES", "config_from_preset", "train", "relabel", "relabel_schedule", "initial_labels", "kmeans_relabel", "compute_features", "random_init_model", "build_for_config", "transfer_labels", "subset_indices", "resolve_arch", "plain_loader", "training_augment", "kmeans_labels", "export_labels_csv", "read_labels_csv", "export_path_labels_csv", "read_path_labels_csv", "read_released_labels_csv", "read_any_labels_csv"]
+__all__ = ["TrainConfig", "TrainResult", "StopTraining", "PRESETS", "METHODS", "SCHEDULES", "config_from_preset",
+           "list_presets", "folder_config", "clusters_per_head", "train", "relabel", "relabel_schedule",
+           "initial_labels", "kmeans_relabel", "compute_features", "random_init_model", "build_for_config",
+           "transfer_labels", "subset_indices", "resolve_arch", "plain_loader", "training_augment", "kmeans_labels",
+           "export_labels_csv", "read_labels_csv", "export_path_labels_csv", "read_path_labels_csv",
+           "read_released_labels_csv", "read_any_labels_csv"]

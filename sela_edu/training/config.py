@@ -1,0 +1,206 @@
+"""Every setting of a training run (:class:`TrainConfig`), the names it accepts, and the kit's one rule
+for "K per head" (:func:`clusters_per_head`), which the trainer, the CLI and label-a-folder share."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+METHODS = ("sela", "kmeans", "supervised")
+SCHEDULES = ("even", "quadratic")
+SCORE_MODES = ("plain", "augmented")
+RELABEL_HEADS = ("all", "round-robin")
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: Config fields that may change between a run and its resumption: they do not change what is trained
+#: (where it runs, how it is watched), so a checkpoint written under other values resumes exactly.
+RESUMABLE_CHANGES = ("epochs", "checkpoint_dir", "device", "num_workers", "eval_every", "knn_k", "knn_pca")
+
+
+def clusters_per_head(clusters, heads: int | None = None) -> list[int]:
+    """K of every head, as a list: the one rule for "K per head" (config, CLI, label a folder).
+
+    ``clusters`` is one K for every head (an int, a one-element list, or ``"10"``) or one K per head (a
+    list, or a comma-separated string ``"10,20,50"``). ``heads`` is the number of heads; None: one per K
+    given. Raises ValueError naming the problem: a count that matches neither rule, a K below 2, a word.
+    """
+    if heads is not None and (isinstance(heads, bool) or not isinstance(heads, (int, np.integer)) or heads < 1):
+        raise ValueError(f"num_heads must be a positive integer, got {heads!r}")
+    if isinstance(clusters, str):
+        ks = _parse_cluster_text(clusters)
+    elif isinstance(clusters, (int, np.integer)) and not isinstance(clusters, bool):
+        ks = [clusters]
+    elif isinstance(clusters, Sequence):
+        ks = list(clusters)
+    else:
+        raise ValueError(f"num_clusters must be an int or a list of ints, got {clusters!r}")
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+            raise ValueError(f"every number of clusters must be an integer >= 2, got {clusters!r}")
+    if heads is not None and len(ks) == 1:
+        ks = ks * int(heads)
+    if not ks or (heads is not None and len(ks) != heads):
+        raise ValueError(f"num_clusters lists {len(ks)} values ({clusters!r}) but num_heads is {heads}: "
+                         "give one K for every head, or one K per head")
+    return [int(k) for k in ks]
+
+
+def _parse_cluster_text(text: str) -> list:
+    """"10,20,50" -> [10, 20, 50]; a word that is not a whole number stays as it is, for the error."""
+    words = [w for w in text.replace(" ", "").split(",") if w]
+    return [int(w) if w.isdigit() else w for w in words]
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. Build one with :func:`config_from_preset` and override fields.
+
+    Attributes:
+        dataset: data set name for :func:`sela_edu.data.load_dataset` (used when ``train`` gets no data).
+        arch: one of ``sela_edu.models.ARCHS``, or ``"auto"``: alexnet32 for images up to 64 px, else alexnet.
+        num_heads, num_clusters: heads, and K for every head (an int) or per head (a list).
+        lam: Sinkhorn's lambda (inverse entropic regularisation; the paper uses 10 on CIFAR, 25 on ImageNet).
+        epochs, nopts, nopt_schedule: training length; number of label optimisations and their spacing
+            ("even" or "quadratic": dense early, sparse late, see :func:`relabel_schedule`).
+        batch_size, lr, momentum, weight_decay, lr_milestones, lr_gamma: SGD, with the learning rate
+            multiplied by ``lr_gamma`` at each epoch in ``lr_milestones`` (``lr_schedule="step"``) or
+            decayed to zero along a cosine over the epochs (``lr_schedule="cosine"``). ``batch_size`` is
+            per process.
+        method: "sela", "kmeans" or "supervised".
+        storage_dtype: dtype of the score buffers the solver reads ("float32", "float16" or "bfloat16").
+        sinkhorn_tol, sinkhorn_max_iter: the solver's stopping rule.
+        device: "auto" (GPU when there is one), "cpu", "cuda", "cuda:1", ...
+        amp: mixed precision (autocast float16 + GradScaler); applied on CUDA only.
+        seed: seeds model init, initial labels, shuffling and augmentation.
+        checkpoint_dir: folder for last.pt / prev.pt (None: no checkpoints, no resuming).
+        eval_every: with ``eval_data``, weighted-kNN accuracy every this many epochs (0: never).
+        num_workers: DataLoader workers for image folders (in-memory sets need none).
+        max_images: train on a seeded random subset of this many images (None: all).
+        score_batch_size: batch size of the scoring passes (None: twice ``batch_size``).
+        knn_k, knn_pca: neighbours for the kNN evaluation, and the PCA dimension of the features before it
+            (None: none; the official CIFAR code uses k = 10 after PCA to 128).
+        image_size: train and label at this size (None: the data's own). The official CIFAR code upsamples
+            32 px images as torchvision's Resize(256) + RandomResizedCrop(224) for training and Resize(256)
+            + CenterCrop(224) for labels and features; ``image_size=224`` does the same.
+        score_mode: what the label step scores: "plain" (un-augmented images, network in eval mode, the
+            kit's default) or "augmented" (the training augmentation with BatchNorm in train mode, as the
+            official CIFAR code, which scores its training loader).
+        relabel_heads: "all" heads at every label optimisation (official ImageNet code) or "round-robin",
+            one head per optimisation in turn (official CIFAR code: head ``epoch % heads``).
+        warm_start: start each head's label optimisation from its cluster potentials of the previous one
+            (the same labels in fewer solver passes).
+        rotation: SeLa + Rot (the official retrain_with_rotnet.py): a 4-way rotation head beside the
+            clustering heads; every batch is seen at 0, 90, 180 and 270 degrees, the clustering loss is
+            taken on the upright views, the rotation loss on all four, and the two are added.
+        head_temperature: None for the paper's linear heads; T for cosine heads (the cosine between the
+            feature and each cluster's weight vector, divided by T, as SwAV's prototypes).
+    """
+
+    dataset: str = "digits"
+    arch: str = "smallcnn"
+    num_heads: int = 1
+    num_clusters: int | list[int] = 10
+    lam: float = 10.0
+    epochs: int = 10
+    nopts: int = 10
+    nopt_schedule: str = "even"
+    batch_size: int = 256
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_milestones: list[int] = field(default_factory=list)
+    lr_gamma: float = 0.1
+    lr_schedule: str = "step"
+    method: str = "sela"
+    storage_dtype: str = "float32"
+    sinkhorn_tol: float = 1e-3
+    sinkhorn_max_iter: int = 1000
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    checkpoint_dir: str | None = None
+    eval_every: int = 0
+    num_workers: int = 0
+    max_images: int | None = None
+    score_batch_size: int | None = None
+    knn_k: int = 200
+    knn_pca: int | None = None
+    image_size: int | None = None
+    score_mode: str = "plain"
+    relabel_heads: str = "all"
+    warm_start: bool = True
+    rotation: bool = False
+    head_temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_clusters, tuple):
+            self.num_clusters = list(self.num_clusters)
+        self.lr_milestones = [int(m) for m in self.lr_milestones]
+        if self.checkpoint_dir is not None:
+            self.checkpoint_dir = str(self.checkpoint_dir)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field."""
+        def positive_int(name, minimum=1):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+        for name in ("num_heads", "epochs", "batch_size", "sinkhorn_max_iter", "knn_k"):
+            positive_int(name)
+        for name in ("nopts", "seed", "eval_every", "num_workers"):
+            positive_int(name, 0)
+        for name, minimum in (("max_images", 2), ("score_batch_size", 1), ("knn_pca", 1), ("image_size", 8)):
+            if getattr(self, name) is not None:
+                positive_int(name, minimum)
+        if self.score_mode not in SCORE_MODES:
+            raise ValueError(f"unknown score_mode {self.score_mode!r}; choose one of {SCORE_MODES}")
+        if self.relabel_heads not in RELABEL_HEADS:
+            raise ValueError(f"unknown relabel_heads {self.relabel_heads!r}; choose one of {RELABEL_HEADS}")
+        for name in ("warm_start", "rotation", "amp"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        self.cluster_list()  # validates num_clusters against num_heads
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        if self.lr_schedule not in ("step", "cosine"):
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose 'step' or 'cosine'")
+        if self.nopt_schedule not in SCHEDULES:
+            raise ValueError(f"unknown nopt_schedule {self.nopt_schedule!r}; choose one of {SCHEDULES}")
+        if self.storage_dtype not in STORAGE_DTYPES:
+            raise ValueError(f"unknown storage_dtype {self.storage_dtype!r}; choose one of {tuple(STORAGE_DTYPES)}")
+        from sela_edu.models import ARCHS, check_head_temperature
+
+        check_head_temperature(self.head_temperature)
+        if self.arch != "auto" and self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; choose 'auto' or one of {ARCHS}")
+        for name in ("lam", "lr", "sinkhorn_tol", "lr_gamma"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        for name in ("momentum", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        if self.momentum >= 1:
+            raise ValueError(f"momentum must be below 1, got {self.momentum}")
+        if any(m < 1 for m in self.lr_milestones) or sorted(self.lr_milestones) != self.lr_milestones:
+            raise ValueError(f"lr_milestones must be increasing epoch numbers >= 1, got {self.lr_milestones}")
+
+    def cluster_list(self) -> list[int]:
+        """K of every head, as a list (the kit's one rule: :func:`clusters_per_head`)."""
+        return clusters_per_head(self.num_clusters, self.num_heads)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+
+__all__ = ["TrainConfig", "clusters_per_head", "METHODS", "SCHEDULES", "SCORE_MODES", "RELABEL_HEADS",
+           "STORAGE_DTYPES", "RESUMABLE_CHANGES"]

@@ -1,0 +1,127 @@
+"""Named settings of training runs, as data, in one place: every setting a user, a notebook or a benchmark
+runs is a preset here (:data:`PRESETS`, one line each in :data:`SUMMARIES`; ``sela-edu presets`` lists
+them). Build a config with :func:`config_from_preset` and override single fields."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+from sela_edu.training.config import TrainConfig, clusters_per_head
+
+# Minutes on a laptop CPU (benchmarks/recipe_search.py, benchmarks/fashion_study.py; figures in the README):
+# Fashion-MNIST, the small CNN (all-stride-2 convs, flattened 4 x 4 map, 256-d feature), one head of
+# 10 clusters and three over-clustering heads (they shape the features), lambda 10, cosine learning
+# rate, 20 epochs and 40 label optimisations spaced quadratically: 9 in the first epoch, when the
+# labels of a young network change fast, then sparser (the recipe search found dense early
+# relabelling to be what lifts NMI; 16 epochs lifted NMI from 0.572 to 0.595 over 10, within the
+# 15-minute budget). Every label step is solved to tol, warm-started.
+_CLASSROOM: dict[str, Any] = dict(
+    dataset="fashion-mnist", arch="smallcnn", num_heads=4, num_clusters=[10, 20, 50, 100], lam=10.0, epochs=20,
+    nopts=40, nopt_schedule="quadratic", batch_size=256, lr=0.05, momentum=0.9, weight_decay=5e-4,
+    lr_milestones=[], lr_schedule="cosine", storage_dtype="float32")
+
+#: Named settings. Every field can be overridden: ``config_from_preset("classroom", epochs=3)``.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The official CIFAR-10/100 and SVHN recipe, as cifar.py of yukimasano/self-label runs it: CIFAR
+    # upsampled to 224 px (Resize 256 + RandomResizedCrop 224; Resize 256 + CenterCrop 224 for labels
+    # and features) into the ImageNet AlexNet; 10 heads x 128 clusters, lambda 10; 400 optimisations
+    # evenly spaced over 400 epochs, each solving ONE head in turn (head = epoch % heads) on scores of
+    # the training loader (augmented images, BatchNorm in train mode); SGD lr 0.03, x0.1 at epochs 240
+    # and 320; final kNN k = 10, sigma 0.1 on the 4096-d fc features after PCA to 128. The kit's
+    # departures: float32 storage of P with float64 cluster potentials instead of float64 throughout,
+    # its own stopping rule (tol on the cluster masses) and warm-started solver.
+    "cifar-paper": dict(dataset="cifar10", arch="alexnet", image_size=224, num_heads=10, num_clusters=128,
+                        lam=10.0, epochs=400, nopts=400, nopt_schedule="even", batch_size=128, lr=0.03,
+                        momentum=0.9, weight_decay=5e-4, lr_milestones=[240, 320], lr_gamma=0.1,
+                        score_mode="augmented", relabel_heads="round-robin", storage_dtype="float32",
+                        knn_k=10, knn_pca=128, num_workers=0),
+    # The kit's 32 px variant of that recipe: CIFAR at its own size into the CIFAR AlexNet (alexnet32),
+    # every head relabelled at every optimisation on plain images. About 50x cheaper per image.
+    "cifar-32": dict(dataset="cifar10", arch="auto", num_heads=10, num_clusters=128, lam=10.0, epochs=400,
+                     nopts=400, nopt_schedule="even", batch_size=128, lr=0.03, momentum=0.9,
+                     weight_decay=5e-4, lr_milestones=[240, 320], lr_gamma=0.1, storage_dtype="float32",
+                     knn_k=10),
+    # The official ImageNet recipe (main.py): 10 heads x 3000 clusters, lambda 25, 100 optimisations
+    # spaced quadratically, lr 0.05, x0.1 every 150 epochs, and 0.05 x 1e-3 from epoch 350. Scores are
+    # stored in bfloat16 (float32's range at half the memory; float16 underflows below 6e-8): 1.28M x
+    # 3000 x 10 heads is 77 GB, to be spread over the ranks of a distributed run.
+    "imagenet-paper": dict(dataset="imagenet", arch="alexnet", num_heads=10, num_clusters=3000, lam=25.0,
+                           epochs=400, nopts=100, nopt_schedule="quadratic", batch_size=256, lr=0.05,
+                           momentum=0.9, weight_decay=1e-5, lr_milestones=[150, 300, 350], lr_gamma=0.1,
+                           storage_dtype="bfloat16", num_workers=8),
+    "classroom": _CLASSROOM,
+    # The course's runs of it, shortened so that the whole series fits in about 20 minutes on 2 cores:
+    # notebooks 03 and 06 train 10 epochs on a seeded third of Fashion-MNIST (06 reuses 03's run) ...
+    "classroom-short": dict(_CLASSROOM, epochs=10, max_images=20_000),
+    # ... and notebook 05 trains nine networks (three methods on three imbalance settings), each 6 epochs
+    # with 12 label optimisations on 8,000 images.
+    "classroom-imbalance": dict(_CLASSROOM, epochs=6, nopts=12, max_images=8_000),
+    # `sela-edu label FOLDER` (sela_edu.apps.label_folder): the classroom recipe on any folder of
+    # images, one head of 10 clusters by default. With a random network, :func:`folder_config` sizes
+    # epochs, batch and optimisations to the folder; on a frozen backbone the same SGD settings train
+    # the heads for 50 epochs.
+    "folder": dict(_CLASSROOM, dataset="folder", num_heads=1, num_clusters=10, epochs=50, nopts=25, eval_every=0),
+    # Seconds: two epochs on a few hundred digits, for tests and for checking an installation.
+    "smoke": dict(dataset="digits", arch="smallcnn", num_heads=2, num_clusters=[10, 20], lam=10.0, epochs=2,
+                  nopts=2, nopt_schedule="even", batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
+                  lr_milestones=[], max_images=320, storage_dtype="float32"),
+}
+
+
+#: One line per preset, what ``sela-edu presets`` prints.
+SUMMARIES: dict[str, str] = {
+    "cifar-paper": "the official CIFAR-10/100 and SVHN recipe (cifar.py): 224 px AlexNet, 10 x 128 clusters, 400 epochs",
+    "cifar-32": "the kit's 32 px variant of cifar-paper (CIFAR AlexNet, every head at every optimisation)",
+    "imagenet-paper": "the official ImageNet recipe (main.py): AlexNet, 10 x 3000 clusters, lambda 25, 400 epochs",
+    "classroom": "Fashion-MNIST, small CNN, 4 heads (10, 20, 50, 100 clusters), 20 epochs: minutes on a laptop CPU",
+    "classroom-short": "classroom for notebooks 03 and 06: 10 epochs on 20,000 images",
+    "classroom-imbalance": "classroom for notebook 05's nine trainings: 6 epochs, 12 optimisations, 8,000 images",
+    "folder": "sela-edu label FOLDER: the classroom recipe on a folder of images, sized to it by folder_config",
+    "smoke": "seconds: two epochs on 320 digits, for tests and for checking an installation",
+}
+
+
+def config_from_preset(name: str, **overrides) -> TrainConfig:
+    """A :class:`TrainConfig` from the preset ``name`` with ``overrides`` applied.
+
+    Raises ValueError for an unknown preset or field (listing the valid ones) and for bad values.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {tuple(PRESETS)}")
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown TrainConfig field(s) {unknown}; valid fields are {fields}")
+    # a copy: a config's lists (num_clusters, lr_milestones) must not be the preset's own
+    return TrainConfig(**{**copy.deepcopy(PRESETS[name]), **overrides})
+
+
+def list_presets() -> list[str]:
+    """One line per preset: its name and what it is for (``sela-edu presets``)."""
+    width = max(len(name) for name in PRESETS)
+    return [f"{name:<{width}}  {SUMMARIES[name]}" for name in PRESETS]
+
+
+def folder_batch_size(num_images: int, batch_size: int | None = None) -> int:
+    """``batch_size``, by default N / 4 between 16 and 256, never above N (a folder may be small)."""
+    return min(batch_size or max(16, min(256, num_images // 4)), num_images)
+
+
+def folder_config(num_images: int, clusters, heads: int | None = None, *, epochs: int,
+                  batch_size: int | None = None, **overrides) -> TrainConfig:
+    """The "folder" preset sized to a folder of ``num_images`` images: K per head by
+    :func:`clusters_per_head`, the batch by :func:`folder_batch_size`, and half as many label
+    optimisations as epochs (at least 4, at most one per step)."""
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 2:
+        raise ValueError(f"num_images must be an integer >= 2, got {num_images!r}")
+    ks = clusters_per_head(clusters, heads)
+    bs = folder_batch_size(num_images, batch_size)
+    steps = epochs * (num_images // bs)
+    nopts = max(1, min(steps, max(4, epochs // 2)))
+    return config_from_preset("folder", num_heads=len(ks), num_clusters=ks if len(set(ks)) > 1 else ks[0],
+                              epochs=epochs, nopts=nopts, batch_size=bs, **overrides)
+
+
+__all__ = ["PRESETS", "SUMMARIES", "config_from_preset", "list_presets", "folder_config", "folder_batch_size"]

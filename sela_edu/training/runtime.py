@@ -1,0 +1,26 @@
+"""Where a run executes: the model inside DistributedDataParallel, waiting for the GPU, progress bars."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def progress_bar(iterable, enabled: bool, desc: str, **kw):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, **kw)
+
+
+__all__ = ['unwrap', 'sync', 'progress_bar']

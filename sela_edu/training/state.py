@@ -1,0 +1,127 @@
+"""The loop's state between steps, and how it survives an interruption: RNG states, the checkpoint a run
+writes after every epoch, and the checks and restore that continue a run bit for bit."""
+
+from __future__ import annotations
+
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from sela_edu.training import checkpoint as ckpt
+from sela_edu.training import distributed as dist_utils
+from sela_edu.training.config import RESUMABLE_CHANGES, TrainConfig
+
+if TYPE_CHECKING:
+    from sela_edu.training.build import RunSetup
+
+
+@dataclass
+class LoopState:
+    """The state of the training loop that a checkpoint holds besides model and optimiser."""
+
+    labels: torch.Tensor  # heads x N, on the training device
+    potentials: list  # per head: float64 K-vector of its last label optimisation (warm start), or None
+    schedule: list[int]
+    epoch: int = 0
+    step: int = 0
+    position: int = 0  # next entry of ``schedule``
+    relabel_count: int = 0
+    has_optimised: bool = False
+    history: list[dict] = field(default_factory=list)
+    last_results: list | None = None
+    score_buffers: dict = field(default_factory=dict)  # head -> ScoreBuffer reused on the CPU (not saved)
+
+
+def rng_state(loader) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    generator = getattr(loader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        state["loader"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], loader) -> None:
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator = getattr(loader, "generator", None)
+    if "loader" in state and isinstance(generator, torch.Generator):
+        generator.set_state(state["loader"])
+
+
+def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    current = config.to_dict()
+    differing = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
+    if differing:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in differing)
+        raise ValueError(f"checkpoint {path} was written with a different config ({details}). Use the same "
+                         "settings to resume, or another checkpoint_dir for a new run.")
+
+
+def restore(s: RunSetup, loop: LoopState, path: Path) -> None:
+    """Continue from the checkpoint at ``path``: model, optimiser, labels, potentials, loop position, RNG."""
+    state = ckpt.load_checkpoint(path)
+    check_resumable(state["config"], s.config, path)
+    shape = (len(s.ks), len(s.data))
+    if tuple(state["labels"].shape) != shape:
+        raise ValueError(f"checkpoint {path} holds labels for {tuple(state['labels'].shape)} "
+                         f"(heads x images) but this run has {shape}: a different data set?")
+    s.model.load_state_dict(state["model"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scheduler.load_state_dict(state["scheduler"])
+    s.scaler.load_state_dict(state["scaler"])
+    loop.labels = state["labels"].clone().to(s.device)
+    loop.potentials = list(state.get("potentials") or [None] * len(s.ks))
+    loop.epoch, loop.step, loop.history = state["epoch"], state["step"], list(state["history"])
+    loop.relabel_count, loop.has_optimised = state["relabel_count"], state["has_optimised"]
+    same_steps = state.get("steps_per_epoch") == s.steps_per_epoch
+    if not same_steps:
+        # Another number of processes (or images): batches per epoch differ, so continue from the
+        # start of the saved epoch under the new step count. Not bit-exact, but the same recipe.
+        warnings.warn(f"checkpoint {path} was written with {state.get('steps_per_epoch')} batches per "
+                      f"epoch (world size {state.get('world_size')}); this run has {s.steps_per_epoch} "
+                      f"(world size {s.world}): the relabelling schedule is re-spaced from epoch {loop.epoch}",
+                      RuntimeWarning, stacklevel=3)
+        loop.step = loop.epoch * s.steps_per_epoch
+    if state["config"]["epochs"] == s.config.epochs and same_steps:
+        loop.schedule, loop.position = list(state["schedule"]), state["schedule_position"]
+    else:  # a longer (or shorter) run: same spacing rule over the new length, from here on
+        loop.position = next((i for i, step in enumerate(loop.schedule) if step >= loop.step), len(loop.schedule))
+    set_rng_state(state["rng"], s.loader)
+
+
+def save_state(s: RunSetup, loop: LoopState) -> float:
+    """Write last.pt (rank 0) and wait for every rank; returns the seconds it took."""
+    t0 = time.perf_counter()
+    if s.rank == 0:
+        ckpt.save_rotating(s.ckpt_dir, {
+            "config": s.config.to_dict(), "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(), "labels": loop.labels.cpu(),
+            "potentials": loop.potentials, "epoch": loop.epoch, "step": loop.step, "schedule": loop.schedule,
+            "schedule_position": loop.position, "relabel_count": loop.relabel_count,
+            "has_optimised": loop.has_optimised, "history": loop.history, "rng": rng_state(s.loader),
+            "indices": s.subset, "world_size": s.world, "steps_per_epoch": s.steps_per_epoch,
+        })
+    dist_utils.barrier()
+    return time.perf_counter() - t0
+
+
+__all__ = ['LoopState', 'rng_state', 'set_rng_state', 'check_resumable', 'restore', 'save_state']
