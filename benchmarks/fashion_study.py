@@ -43,11 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sela_edu.evaluation import protocol as evaluation  # noqa: E402
+from sela_edu.evaluation import evaluate  # noqa: E402
 from sela_edu.data import load_dataset  # noqa: E402
 from sela_edu.evaluation.metrics import ari, nmi  # noqa: E402
 from sela_edu.settings import pick_device, results_dir  # noqa: E402
@@ -105,28 +104,20 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-class ConvFeatures(nn.Module):
-    """A model's flattened last convolutional stage, as a module ``extract_features`` can run."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.conv_features(x)
+#: The study's names of the two layers it measures, and the network outputs they are.
+LAYERS = {"feature": "features", "conv": "conv_features"}
 
 
 def frozen_scores(model, config, train_data, test_data) -> dict[str, float]:
-    """kNN (k = 10, sigma 0.1) and linear-probe accuracy (%) on the feature and conv layers."""
+    """kNN (k = 10, sigma 0.1) and linear-probe accuracy (%) on the feature and conv layers: the kit's
+    :func:`~sela_edu.evaluation.evaluate`, on the images as the config's network sees them."""
     bs = 2 * config.batch_size
+    result = evaluate(model, plain_loader(config, train_data, bs), plain_loader(config, test_data, bs),
+                      layers=tuple(LAYERS.values()), knn_k=10, sigma=0.1, heads=False)
     out = {}
-    for layer, net in (("feature", model), ("conv", ConvFeatures(model))):
-        tr = evaluation.extract_features(net, plain_loader(config, train_data, bs))
-        te = evaluation.extract_features(net, plain_loader(config, test_data, bs))
-        out[f"knn_{layer}"] = 100 * float(evaluation.knn_accuracy(tr, train_data.targets, te, test_data.targets,
-                                                                   k=10, sigma=0.1))
-        out[f"linear_{layer}"] = 100 * float(evaluation.linear_probe(tr, train_data.targets, te,
-                                                                      test_data.targets).accuracy)
+    for name, layer in LAYERS.items():
+        out[f"knn_{name}"] = 100 * result.knn[layer][10]
+        out[f"linear_{name}"] = 100 * result.linear[layer]
     return out
 
 

@@ -6,8 +6,11 @@ import torch
 from torch import nn
 
 from sela_edu.training import kmeans_labels
-from sela_edu.evaluation import (extract_features, knn_accuracy, linear_probe, pca_project, weighted_knn)
-from sela_edu.evaluation.metrics import nmi
+from sela_edu.data import ImageData, make_loader
+from sela_edu.evaluation import (evaluate, extract_features, frozen_evaluation, knn_accuracy, linear_probe,
+                                 pca_project, score_dataset, weighted_knn)
+from sela_edu.evaluation.metrics import ari, cluster_accuracy, nmi
+from sela_edu.labelling import ScoreBuffer, self_label
 from sela_edu.models import build_model
 
 
@@ -92,6 +95,174 @@ class _ListModel(nn.Module):
 
     def forward(self, x):
         return [self.lin(x.flatten(1))]
+
+
+# --------------------------------------------------------------------------- score_dataset
+# Each reference below is the loop a caller ran before it moved onto score_dataset, written out plainly:
+# the one function must give the same numbers bit for bit (same batches, same mode, same dtype).
+
+@pytest.fixture(scope="module")
+def images_data():
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (37, 1, 8, 8), dtype=torch.uint8, generator=g)
+    return ImageData("toy", images, torch.arange(37) % 4, ["a", "b", "c", "d"], (0.3,), (0.2,))
+
+
+def _reference_outputs(model, loader, train_mode=False):
+    """The cluster browser's old loop: features then every head's scores, batch by batch, data order."""
+    model.train(train_mode)
+    feats, heads, index = [], [], []
+    with torch.no_grad():
+        for x, _, idx in loader:
+            f = model.features(x)
+            feats.append(f.float().cpu())
+            heads.append([s.float().cpu() for s in model.head_scores(f)])
+            index.append(idx)
+    order = torch.argsort(torch.cat(index))
+    return torch.cat(feats)[order], [torch.cat([h[i] for h in heads])[order] for i in range(len(heads[0]))]
+
+
+def test_score_dataset_gives_the_old_loops_numbers(tiny, images_data):
+    model = tiny[0]
+    feats, heads = _reference_outputs(model, make_loader(images_data, 10, train=False, shuffle=False))
+    scored = score_dataset(model, images_data, outputs=("heads", "features"), batch_size=10)
+    assert torch.equal(scored["features"], feats)
+    assert len(scored["heads"]) == 2 and all(torch.equal(a, b) for a, b in zip(scored["heads"], heads))
+    assert torch.equal(scored.index, torch.arange(37)) and torch.equal(scored.targets, images_data.targets)
+    # label-a-folder's old loop: plain transform of consecutive slices, model(x)
+    from sela_edu.data.augment import plain_transform
+    with torch.no_grad():
+        model.eval()
+        outs = [model(plain_transform(images_data.images[i:i + 16], (0.3,), (0.2,))) for i in range(0, 37, 16)]
+    assert all(torch.equal(torch.cat([o[h] for o in outs]), scored["heads"][h]) for h in range(2))
+    # other layers: the flattened conv stage and any submodule (a forward hook)
+    conv = score_dataset(model, images_data, outputs="conv_features", batch_size=10)["conv_features"]
+    first = score_dataset(model, images_data, outputs="backbone.0", batch_size=10)["backbone.0"]
+    x = plain_transform(images_data.images, (0.3,), (0.2,))
+    with torch.no_grad():
+        torch.testing.assert_close(conv, model.conv_features(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(first, model.backbone[0](x).flatten(1), rtol=1e-5, atol=1e-6)
+
+
+def test_score_dataset_into_buffers_labels_as_the_solver_on_full_scores(tiny, images_data):
+    model = tiny[0]
+    buffers = {h: ScoreBuffer(37, 4, 10.0) for h in (0, 1)}
+    scored = score_dataset(model, images_data, outputs=(), into=buffers, batch_size=8)
+    assert scored.outputs == {}
+    full = score_dataset(model, images_data, outputs="heads", batch_size=8)["heads"]
+    for h in (0, 1):
+        streamed, whole = self_label(buffers[h]), self_label(full[h], 10.0)
+        assert torch.equal(streamed.labels, whole.labels)
+
+
+def test_score_dataset_train_mode_updates_batchnorm_once_per_batch(tiny, images_data):
+    import copy
+
+    model, reference = copy.deepcopy(tiny[0]), copy.deepcopy(tiny[0])
+    model.eval()
+    feats, heads = _reference_outputs(reference, make_loader(images_data, 10, train=False, shuffle=False),
+                                      train_mode=True)
+    scored = score_dataset(model, images_data, outputs=("features", "heads"), train_mode=True, batch_size=10)
+    assert not model.training  # mode restored
+    assert torch.equal(scored["features"], feats) and torch.equal(scored["heads"][1], heads[1])
+    for a, b in zip(model.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(a, b)  # the same running statistics: one update per batch, as the reference
+
+
+def test_score_dataset_augmented_and_in_loader_order(tiny, images_data):
+    from sela_edu.data import default_augment
+
+    model = tiny[0]
+    augment = default_augment("fashion-mnist", size=8, mean=(0.3,), std=(0.2,))
+    loader = make_loader(images_data, 10, train=True, shuffle=False, drop_last=False, augment=augment, seed=3)
+    feats, _ = _reference_outputs(model, loader)
+    scored = score_dataset(model, images_data, outputs="features", augment=augment, seed=3, batch_size=10)
+    assert torch.equal(scored["features"], feats)
+    assert not torch.equal(feats, score_dataset(model, images_data, outputs="features", batch_size=10)["features"])
+    # a shuffled loader kept in its own order: rows follow the batches, index says which image each is
+    shuffled = ShuffledLoader(tiny[1], tiny[2], 5)
+    kept = score_dataset(model, shuffled, outputs="features", in_order=False)
+    ordered = score_dataset(model, shuffled, outputs="features")
+    assert torch.equal(kept.index, shuffled.order)
+    assert torch.equal(kept["features"], ordered["features"][kept.index])
+
+
+def test_score_dataset_bad_inputs(tiny, images_data):
+    model = tiny[0]
+    with pytest.raises(ValueError, match="unknown output 'logits'"):
+        score_dataset(model, images_data, outputs="logits")
+    with pytest.raises(ValueError, match="conv_features' alone"):
+        score_dataset(model, images_data, outputs=("conv_features", "features"), train_mode=True)
+    with pytest.raises(ValueError, match="into names head 5"):
+        score_dataset(model, images_data, outputs=(), into={5: ScoreBuffer(37, 4, 10.0)})
+    with pytest.raises(ValueError, match="augment= needs"):
+        score_dataset(model, tiny[1], augment=lambda x, generator=None: x)
+    with pytest.raises(ValueError, match="batch_size"):
+        score_dataset(model, images_data, batch_size=0)
+    with pytest.raises(ValueError, match="list of score tensors"):
+        score_dataset(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), tiny[1])
+    with pytest.raises(KeyError, match="was not scored"):
+        score_dataset(model, images_data, outputs="features")["heads"]
+
+
+# --------------------------------------------------------------------------- evaluate
+
+@pytest.fixture(scope="module")
+def split():
+    """Two blobs per class in 8 x 8 images: a task the random network's features partly solve."""
+    g = torch.Generator().manual_seed(2)
+
+    def make(n):
+        targets = torch.arange(n) % 3
+        images = (targets.view(-1, 1, 1, 1) * 80 + torch.randint(0, 60, (n, 1, 8, 8), generator=g)).to(torch.uint8)
+        return ImageData("toy", images, targets, ["a", "b", "c"], (0.4,), (0.3,))
+
+    return make(60), make(30)
+
+
+def test_evaluate_is_knn_probe_and_head_metrics_on_the_scored_layers(tiny, split):
+    model, (train, test) = tiny[0], split
+    result = evaluate(model, train, test, layers=("features", "conv_features"), knn_k=[1, 10, 500])
+    for layer in ("features", "conv_features"):
+        tr = score_dataset(model, train, outputs=layer)[layer]
+        te = score_dataset(model, test, outputs=layer)[layer]
+        expected = knn_accuracy(tr, train.targets, te, test.targets, k=[1, 10, 60], sigma=0.1)
+        assert result.knn[layer] == {1: expected[1], 10: expected[10], 500: expected[60]}  # k capped at N
+        assert result.linear[layer] == linear_probe(tr, train.targets, te, test.targets).accuracy
+    clusters = score_dataset(model, test)["heads"][1].argmax(1)
+    assert result.heads[1] == {"nmi": nmi(test.targets, clusters), "ari": ari(test.targets, clusters),
+                               "accuracy": cluster_accuracy(test.targets, clusters)}
+    table = result.percent()
+    assert table["knn_features_k10"] == 100.0 * result.knn["features"][10]
+    assert table["linear_conv_features"] == 100.0 * result.linear["conv_features"]
+    assert table["head0_nmi"] == result.heads[0]["nmi"]
+
+
+def test_evaluate_pca_is_for_the_knn_only_and_frozen_evaluation_is_its_percent(tiny, split):
+    model, (train, test) = tiny[0], split
+    result = evaluate(model, train, test, knn_k=5, pca_dim=4, heads=False)
+    tr = score_dataset(model, train, outputs="features")["features"]
+    te = score_dataset(model, test, outputs="features")["features"]
+    ptr, pte = pca_project(tr, te, dim=4)
+    assert result.knn["features"][5] == knn_accuracy(ptr, train.targets, pte, test.targets, k=5)
+    assert result.linear["features"] == linear_probe(tr, train.targets, te, test.targets).accuracy
+    assert result.heads == []
+    assert frozen_evaluation(model, train, test, knn_k=5, pca_dim=4) == {
+        "knn": 100.0 * result.knn["features"][5], "linear": 100.0 * result.linear["features"]}
+
+
+def test_evaluate_takes_loaders_and_refuses_what_it_cannot_measure(tiny, split):
+    model, (train, test) = tiny[0], split
+    loaders = [make_loader(d, 7, train=False) for d in (train, test)]
+    assert (evaluate(model, *loaders, probe=False, heads=False).knn
+            == evaluate(model, train, test, probe=False, heads=False).knn)
+    with pytest.raises(ValueError, match="no targets"):
+        evaluate(model, tiny[1], test)
+    with pytest.raises(ValueError, match="at least one layer"):
+        evaluate(model, train, test, layers=())
+    with pytest.raises(ValueError, match="knn_k"):
+        evaluate(model, train, test, knn_k=[])
+
 
 
 # --------------------------------------------------------------------------- weighted kNN

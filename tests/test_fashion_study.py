@@ -1,10 +1,11 @@
-"""The study script's summary and verdicts, on fabricated rows (training is the script's job, not the suite's)."""
+"""The study script: its summary and verdicts on fabricated rows (training is the script's job, not the suite's), and its frozen scores (the kit's evaluation, on a tiny network)."""
 
 import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fashion_study.py"
 
@@ -75,3 +76,25 @@ def test_merged_ablation_is_a_variant_compared_with_its_method(study):
     lines = study.verdicts(rows)
     assert "SeLa with head_temperature=0.1 beats SeLa on NMI of the K = 10 head's labels by 0.050" in " ".join(lines)
     assert "head_temperature=0.1" in study.format_summary(study.summarise(rows), 2)
+
+
+def test_frozen_scores_are_the_kits_evaluation_on_both_layers(study):
+    from sela_edu.data import ImageData
+    from sela_edu.evaluation import evaluate
+    from sela_edu.models import build_model
+    from sela_edu.training import config_from_preset
+
+    torch.manual_seed(0)
+    model = build_model("smallcnn", num_heads=1, num_clusters=3, in_channels=1, image_size=8).eval()
+    targets = torch.arange(40) % 3
+    images = (targets.view(-1, 1, 1, 1) * 70 + torch.randint(0, 90, (40, 1, 8, 8))).to(torch.uint8)
+    data = ImageData("toy", images, targets, ["a", "b", "c"], (0.4,), (0.3,))
+    train, test = data.subset(torch.arange(30)), data.subset(torch.arange(30, 40))
+    config = config_from_preset("classroom", device="cpu", batch_size=8)
+    scores = study.frozen_scores(model, config, train, test)
+    expected = evaluate(model, train, test, layers=("features", "conv_features"), knn_k=10, heads=False)
+    assert scores == {"knn_feature": 100 * expected.knn["features"][10],
+                      "linear_feature": 100 * expected.linear["features"],
+                      "knn_conv": 100 * expected.knn["conv_features"][10],
+                      "linear_conv": 100 * expected.linear["conv_features"]}
+    assert scores["knn_feature"] != scores["knn_conv"] or scores["linear_feature"] != scores["linear_conv"]

@@ -241,17 +241,15 @@ def _resolve_backbone(backbone: str, *, progress: bool):
     return pre.model, pre.image_size, pre.mean, pre.std, f"checkpoint {path.name} ({pre.arch}, {pre.layout} layout)"
 
 
-@torch.no_grad()
 def score_images(model: nn.Module, images: torch.Tensor, mean, std, device, batch_size: int = 512) -> list[torch.Tensor]:
-    """Every head's scores (float32 N x K on the CPU) for in-memory uint8 ``images``, without augmentation."""
-    from sela_edu.data.augment import plain_transform
+    """Every head's scores (float32 N x K on the CPU) for in-memory uint8 ``images``, without augmentation:
+    :func:`~sela_edu.evaluation.score_dataset` on them as an unlabelled ImageData."""
+    from sela_edu.data import ImageData
+    from sela_edu.evaluation import score_dataset
 
-    model.eval()
-    outs: list[list[torch.Tensor]] = []
-    for i in range(0, images.shape[0], batch_size):
-        x = plain_transform(images[i:i + batch_size].to(device), mean, std)
-        outs.append([o.float().cpu() for o in model(x)])
-    return [torch.cat([o[h] for o in outs]) for h in range(len(outs[0]))]
+    unlabelled = ImageData("folder", images, torch.full((images.shape[0],), -1, dtype=torch.long), [],
+                           tuple(mean), tuple(std))
+    return score_dataset(model, unlabelled, outputs=("heads",), batch_size=batch_size, device=device)["heads"]
 
 
 def label_step_labels(scores: Sequence[torch.Tensor], lam: float,
@@ -279,6 +277,7 @@ def _features_resumable(model: nn.Module, folder: Path, paths: list[str], size: 
                         ckpt_path: Path, key: str, progress: bool, block: int = 256) -> torch.Tensor:
     """Frozen features of every image, decoded at ``size`` px block by block; saved after every block."""
     from sela_edu.data.augment import plain_transform
+    from sela_edu.evaluation import score_dataset
     from sela_edu.training.checkpoint import load_checkpoint, save_checkpoint
 
     done: list[torch.Tensor] = []
@@ -298,12 +297,8 @@ def _features_resumable(model: nn.Module, folder: Path, paths: list[str], size: 
             x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
             if len(mean) == 1:  # a grey backbone (e.g. a kit model trained on Fashion-MNIST)
                 x = _to_grey(x)
-            x = x.to(device)
-            feats = []
-            with torch.no_grad():
-                for j in range(0, x.shape[0], 64):
-                    feats.append(model.features(plain_transform(x[j:j + 64], mean, std)).float().cpu())
-            done.append(torch.cat(feats))
+            x = plain_transform(x.to(device), mean, std)
+            done.append(score_dataset(model, x, outputs=("features",), batch_size=64, device=device)["features"])
             save_checkpoint(ckpt_path, {"key": key, "blocks": done})
             bar.update(len(chunk))
     bar.close()

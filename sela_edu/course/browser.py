@@ -40,7 +40,6 @@ __all__ = [
     "soft_assignment",
     "cluster_similarity",
     "head_views",
-    "compute_outputs",
     "from_model",
     "from_scores",
     "browse",
@@ -158,35 +157,6 @@ class HeadView:
         sim[int(cluster)] = -np.inf
         order = np.argsort(-sim, kind="stable")[: max(0, min(n, self.num_clusters - 1))]
         return [(int(j), float(sim[j])) for j in order]
-
-
-@torch.no_grad()
-def compute_outputs(model, data, *, batch_size: int = 256, device=None, with_features: bool = True):
-    """Every head's scores (list of N x K float32 CPU tensors) and, optionally, the features (N x D) of
-    ``model`` on ``data`` (an :class:`~sela_edu.data.ImageData` or FolderData), in data order, without
-    augmentation and in eval mode."""
-    from sela_edu.data import make_loader
-
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    loader = make_loader(data, batch_size, train=False, shuffle=False, device=dev)
-    was_training = model.training
-    model.eval()
-    n = len(data)
-    scores = [torch.empty(n, k) for k in model.num_clusters]
-    feats = None
-    try:
-        for x, _, index in loader:
-            f = model.features(x.to(dev))
-            index = torch.as_tensor(index).long().cpu()
-            for s, head_scores in zip(scores, model.head_scores(f)):
-                s[index] = head_scores.float().cpu()
-            if with_features:
-                if feats is None:
-                    feats = torch.empty(n, f.shape[1])
-                feats[index] = f.float().reshape(f.shape[0], -1).cpu()
-    finally:
-        model.train(was_training)
-    return scores, feats
 
 
 def head_views(scores=None, *, lam: float = 10.0, labels=None, potentials=None, weights=None, features=None,
@@ -517,8 +487,11 @@ def from_model(model, data, *, lam: float = 10.0, similarity: str = "features", 
     ``lam`` for the plan's confidences, and compares clusters by ``similarity``."""
     if similarity not in SIMILARITIES:
         raise ValueError(f"unknown similarity {similarity!r}; choose one of {', '.join(SIMILARITIES)}")
-    scores, feats = compute_outputs(model, data, batch_size=batch_size, device=device,
-                                    with_features=similarity == "features")
+    from sela_edu.evaluation import score_dataset
+
+    outputs = ("heads", "features") if similarity == "features" else ("heads",)
+    scored = score_dataset(model, data, outputs=outputs, batch_size=batch_size, device=device)
+    scores, feats = scored["heads"], scored.outputs.get("features")
     weights = [head.weight.detach().cpu() for head in model.heads]
     images = getattr(data, "images", None)
     return from_scores(scores, lam=lam, images=images, targets=getattr(data, "targets", None),

@@ -1,8 +1,12 @@
-"""Evaluation of learnt representations and clusters: features of a frozen network, the weighted kNN
-and linear-probe protocols (:mod:`.protocol`) and the clustering metrics (:mod:`.metrics`).
+"""Evaluation of learnt representations and clusters: the one loop that scores a data set with a model
+(:mod:`.scoring`), the one evaluation protocol and its parts, weighted kNN and linear probe
+(:mod:`.protocol`), and the clustering metrics (:mod:`.metrics`).
 """
 
+from .scoring import DatasetScores, score_dataset
 from .protocol import (
+    Evaluation,
+    evaluate,
     extract_features,
     weighted_knn,
     knn_accuracy,
@@ -13,4 +17,5 @@ from .protocol import (
     frozen_evaluation,
 )
 
-__all__ = ["extract_features", "weighted_knn", "knn_accuracy", "pca_project", "linear_probe", "LinearProbe", "LinearProbeResult", "frozen_evaluation"]
+__all__ = ["DatasetScores", "score_dataset", "Evaluation", "evaluate", "extract_features", "weighted_knn",
+           "knn_accuracy", "pca_project", "linear_probe", "LinearProbe", "LinearProbeResult", "frozen_evaluation"]

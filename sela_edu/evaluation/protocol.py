@@ -2,28 +2,29 @@
 
 The protocols of the SeLa paper, as small functions that take tensors and return numbers:
 
-* :func:`extract_features` runs a model over a data set (eval mode, no gradients) and returns the
-  ``N x D`` feature matrix in data-set order.
+* :func:`evaluate`: the kit's one evaluation protocol (below), used by the notebooks, the trainer and the
+  study: weighted kNN and linear probe on the layers asked for, and the heads' NMI / ARI / accuracy.
+* :func:`extract_features`: the ``N x D`` feature matrix of a model on a data set, in data-set order
+  (:func:`~sela_edu.evaluation.scoring.score_dataset`'s ``"features"``).
 * :func:`weighted_knn` / :func:`knn_accuracy`: the weighted k-nearest-neighbour classifier of Wu et al.
   (2018, instance discrimination), used by SeLa on CIFAR: L2-normalised features, cosine similarity,
   each of the k nearest training images votes for its class with weight ``exp(similarity / sigma)``.
 * :func:`pca_project`: the CIFAR protocol first reduces the 4096-d AlexNet fc features to 128-d by PCA.
 * :func:`linear_probe`: a multinomial logistic regression trained on frozen features.
-* :func:`frozen_evaluation`: both protocols for one model on a train/test pair of data sets (what the
-  notebooks report).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+
+from sela_edu.evaluation.scoring import score_dataset
 
 
 def _as_float_matrix(x, name: str) -> torch.Tensor:
@@ -63,104 +64,18 @@ def _num_classes(num_classes: int | None, *labels: torch.Tensor) -> int:
 
 # --------------------------------------------------------------------------- feature extraction
 
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    if isinstance(batch, torch.Tensor):
-        return batch, None, None
-    if isinstance(batch, (tuple, list)) and 1 <= len(batch) <= 3:
-        x = batch[0]
-        y = batch[1] if len(batch) >= 2 else None
-        idx = batch[2] if len(batch) == 3 else None
-        return x, y, idx
-    raise ValueError("each batch must be an image tensor or a tuple (x,), (x, targets) or "
-                     f"(x, targets, index); got {type(batch).__name__}"
-                     + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
-
-
-@torch.no_grad()
 def extract_features(model: nn.Module, data, device: str | torch.device | None = None, *,
                      batch_size: int = 256, return_targets: bool = False, progress: bool = False):
-    """Features of every image, in data-set order.
-
-    Args:
-        model: a :class:`~sela_edu.models.MultiHeadNet` (its ``features`` method is used) or any module
-            (its output is used). It runs in eval mode (BatchNorm statistics frozen, no dropout) and is
-            put back in its previous mode afterwards.
-        data: either a float image tensor ``N x C x H x W`` (already normalised; batched here), or an
-            iterable of batches as the data contract's loaders yield them: ``(x, targets, index)``;
-            ``(x, targets)`` and bare ``x`` batches are taken in iteration order. With an index, row
-            ``index[i]`` of the result holds image ``i`` of the batch, so shuffled loaders are fine; the
-            indices seen must be exactly ``0 .. N-1`` once each.
-        device: where the model runs; default: where its parameters are.
-        batch_size: only used for a tensor ``data``.
-        return_targets: also return the targets (needs batches that carry them).
-        progress: show a tqdm bar.
-
-    Returns:
-        ``N x D`` float32 CPU tensor, or ``(features, targets)`` with ``return_targets=True``.
-    """
-    device = torch.device(device) if device is not None else _model_device(model)
-    if isinstance(data, torch.Tensor):
-        if return_targets:
-            raise ValueError("return_targets=True needs batches with targets; a bare image tensor has none")
-        if data.ndim != 4 or not data.is_floating_point():
-            raise ValueError("an image tensor must be float N x C x H x W (normalised), got "
-                             f"dtype {data.dtype} and shape {tuple(data.shape)}; for uint8 images use a loader")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        batches: Iterable = (data[i:i + batch_size] for i in range(0, data.shape[0], batch_size))
-        total = (data.shape[0] + batch_size - 1) // batch_size
-    elif isinstance(data, Iterable):
-        batches, total = data, (len(data) if hasattr(data, "__len__") else None)
-    else:
-        raise ValueError(f"data must be an image tensor or an iterable of batches, got {type(data).__name__}")
-
-    fn = model.features if hasattr(model, "features") and callable(model.features) else model
-    was_training = model.training
-    model.eval()
-    feats, targets, indices = [], [], []
-    try:
-        for batch in tqdm(batches, total=total, disable=not progress, desc="features", leave=False):
-            x, y, idx = _split_batch(batch)
-            out = fn(x.to(device, non_blocking=True))
-            if isinstance(out, (list, tuple)):
-                raise ValueError("the model returned a list (several heads); pass a model with a "
-                                 "`features` method, or a module that returns one tensor")
-            feats.append(out.detach().float().reshape(out.shape[0], -1).cpu())
-            if return_targets:
-                if y is None:
-                    raise ValueError("return_targets=True but the batches carry no targets")
-                targets.append(torch.as_tensor(y).long().cpu())
-            indices.append(None if idx is None else torch.as_tensor(idx).long().cpu())
-    finally:
-        model.train(was_training)
-    if not feats:
-        raise ValueError("data yielded no batches")
-
-    features = torch.cat(feats)
-    target_tensor = torch.cat(targets) if return_targets else None
-    if any(i is not None for i in indices):
-        if any(i is None for i in indices):
-            raise ValueError("some batches carry an index and some do not")
-        index = torch.cat(indices)
-        n = index.numel()
-        if n != features.shape[0]:
-            raise ValueError(f"got {n} indices for {features.shape[0]} feature rows")
-        order = torch.argsort(index)
-        if not torch.equal(index[order], torch.arange(n)):
-            distinct = int(torch.unique(index).numel())
-            raise ValueError(
-                f"the loader's indices must cover 0..{n - 1} exactly once; saw {n} rows, {distinct} "
-                f"distinct indices, largest {int(index.max())}. Use an evaluation loader over the whole "
-                "data set (train=False, drop_last=False, not a distributed shard)")
-        features = features[order]
-        if target_tensor is not None:
-            target_tensor = target_tensor[order]
-    return (features, target_tensor) if return_targets else features
+    """Features of every image in data-set order: the ``"features"`` matrix of
+    :func:`~sela_edu.evaluation.scoring.score_dataset` (``model.features``, or ``model(x)`` for a module
+    without one), in eval mode. With ``return_targets=True``, ``(features, targets)``."""
+    scored = score_dataset(model, data, outputs=("features",), device=device, batch_size=batch_size,
+                           progress=progress)
+    if not return_targets:
+        return scored["features"]
+    if scored.targets is None:
+        raise ValueError("return_targets=True needs batches with targets; these carry none")
+    return scored["features"], scored.targets
 
 
 # --------------------------------------------------------------------------- weighted kNN
@@ -343,30 +258,101 @@ def linear_probe(train_feats, train_y, test_feats, test_y, *, num_classes: int |
     return LinearProbeResult(test_acc, train_acc, probe, iterations, time.perf_counter() - t0)
 
 
+# --------------------------------------------------------------------------- the protocol
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` measured; accuracies are fractions in [0, 1].
+
+    ``knn``: layer -> {k: weighted-kNN accuracy}; ``linear``: layer -> linear-probe accuracy (empty without
+    the probe); ``heads``: one dict per head with ``nmi``, ``ari`` and ``accuracy`` (Hungarian matching) of
+    its argmax clusters against the test classes (empty with ``heads=False``).
+    """
+
+    knn: dict[str, dict[int, float]]
+    linear: dict[str, float]
+    heads: list[dict[str, float]]
+    seconds: float
+
+    def percent(self) -> dict[str, float]:
+        """One flat dict for a table: ``knn_<layer>_k<k>`` and ``linear_<layer>`` in %, ``head<h>_<metric>``."""
+        out = {f"knn_{layer}_k{k}": 100.0 * acc for layer, by_k in self.knn.items() for k, acc in by_k.items()}
+        out.update({f"linear_{layer}": 100.0 * acc for layer, acc in self.linear.items()})
+        out.update({f"head{h}_{name}": value for h, row in enumerate(self.heads) for name, value in row.items()})
+        return out
+
+
+def _scored_with_targets(model, data, outputs, batch_size, device, which: str):
+    scored = score_dataset(model, data, outputs=outputs, batch_size=batch_size, device=device)
+    if scored.targets is None:
+        raise ValueError(f"the {which} data carry no targets: evaluation compares with the true classes")
+    return scored
+
+
+def _head_metrics(head_scores: Sequence[torch.Tensor], targets: torch.Tensor) -> list[dict[str, float]]:
+    from sela_edu.evaluation.metrics import ari, cluster_accuracy, nmi
+
+    rows = []
+    for scores in head_scores:
+        clusters = scores.argmax(1)
+        rows.append({"nmi": nmi(targets, clusters), "ari": ari(targets, clusters),
+                     "accuracy": cluster_accuracy(targets, clusters)})
+    return rows
+
+
+def evaluate(model: nn.Module, train, test, *, layers: str | Sequence[str] = ("features",),
+             knn_k: int | Sequence[int] = 10, sigma: float = 0.1, pca_dim: int | None = None, probe: bool = True,
+             heads: bool = True, batch_size: int = 512, device=None) -> Evaluation:
+    """The kit's evaluation of a frozen network: the SeLa paper's protocols on ``test``, with ``train`` as
+    the kNN memory bank and the probe's training set.
+
+    * weighted kNN (Wu et al. 2018; :func:`knn_accuracy`) with ``knn_k`` neighbours (an int or a list;
+      the paper's k = 10, sigma 0.1; each k is capped at the number of training images), on each layer
+      of ``layers`` (any output :func:`~sela_edu.evaluation.scoring.score_dataset` knows: ``"features"``,
+      ``"conv_features"``, a submodule name); ``pca_dim`` first projects the layer to that many
+      dimensions by PCA (the paper's CIFAR protocol: 128), for the kNN only;
+    * with ``probe``, the linear probe (:func:`linear_probe`) on each layer's raw features;
+    * with ``heads``, every head's NMI, ARI and cluster accuracy on the test images.
+
+    ``train`` and ``test``: data sets or loaders that carry targets (e.g. the trainer's plain loaders, to
+    see the images at the network's input size). To compare models, give them all the same ``train``
+    (e.g. the full, balanced training split even when a model was trained on an imbalanced subset): the
+    evaluation then measures the features, not the evaluation set.
+    """
+    t0 = time.perf_counter()
+    layers = [layers] if isinstance(layers, str) else list(layers)
+    if not layers:
+        raise ValueError("layers must name at least one layer, e.g. ('features',)")
+    ks = [knn_k] if isinstance(knn_k, (int, np.integer)) and not isinstance(knn_k, bool) else list(knn_k)
+    if not ks:
+        raise ValueError("knn_k must be an integer or a non-empty list of integers")
+    train_scored = _scored_with_targets(model, train, layers, batch_size, device, "train")
+    test_scored = _scored_with_targets(model, test, [*layers, "heads"] if heads else layers, batch_size, device,
+                                       "test")
+    knn, linear = {}, {}
+    for layer in layers:
+        tr, te = train_scored[layer], test_scored[layer]
+        knn_tr, knn_te = pca_project(tr, te, dim=pca_dim) if pca_dim else (tr, te)
+        capped = [min(int(k), tr.shape[0]) for k in ks]
+        accs = knn_accuracy(knn_tr, train_scored.targets, knn_te, test_scored.targets, k=capped, sigma=sigma)
+        knn[layer] = {k: accs[c] for k, c in zip(ks, capped)}
+        if probe:
+            linear[layer] = linear_probe(tr, train_scored.targets, te, test_scored.targets).accuracy
+    head_rows = _head_metrics(test_scored["heads"], test_scored.targets) if heads else []
+    return Evaluation(knn, linear, head_rows, time.perf_counter() - t0)
+
+
 def frozen_evaluation(model, train_data, test_data, *, knn_k: int = 200, pca_dim: int | None = None,
                       linear: bool = True, batch_size: int = 512, device=None) -> dict[str, float]:
-    """kNN accuracy (weighted vote, sigma 0.1) and linear-probe accuracy, in %, of ``model``'s frozen
-    features: ``train_data`` is the kNN memory bank and the probe's training set, ``test_data`` is
-    scored. ``pca_dim`` applies the paper's CIFAR protocol (PCA to 128 before kNN).
-
-    To compare models, give them all the same ``train_data`` (e.g. the full, balanced training split
-    even when a model was trained on an imbalanced subset): the evaluation then measures the features,
-    not the evaluation set.
-    """
-    from sela_edu.data import make_loader
-
-    dev = device if device is not None else next(model.parameters()).device
-    train_feats = extract_features(model, make_loader(train_data, batch_size, train=False, device=dev))
-    test_feats = extract_features(model, make_loader(test_data, batch_size, train=False, device=dev))
-    knn_train, knn_test = (pca_project(train_feats, test_feats, dim=pca_dim) if pca_dim
-                           else (train_feats, test_feats))
-    k = min(knn_k, len(train_data))
-    out = {"knn": 100.0 * knn_accuracy(knn_train, train_data.targets, knn_test, test_data.targets, k=k)}
+    """``{"knn": %, "linear": %}`` of :func:`evaluate` on the ``features`` layer (k = ``knn_k``), the
+    shape notebooks 03-06 print. New code calls :func:`evaluate`."""
+    result = evaluate(model, train_data, test_data, knn_k=knn_k, pca_dim=pca_dim, probe=linear, heads=False,
+                      batch_size=batch_size, device=device)
+    out = {"knn": 100.0 * result.knn["features"][knn_k]}
     if linear:
-        out["linear"] = 100.0 * linear_probe(train_feats, train_data.targets, test_feats,
-                                             test_data.targets).accuracy
+        out["linear"] = 100.0 * result.linear["features"]
     return out
 
 
 __all__ = ["extract_features", "weighted_knn", "knn_accuracy", "pca_project", "linear_probe",
-           "LinearProbe", "LinearProbeResult", "frozen_evaluation"]
+           "LinearProbe", "LinearProbeResult", "Evaluation", "evaluate", "frozen_evaluation"]
