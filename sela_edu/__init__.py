@@ -2,7 +2,7 @@
 
 The names a notebook or a script needs, each from the sub-package that holds it::
 
-    from sela_edu import self_label, train, config_from_preset, load_dataset, frozen_evaluation
+    from sela_edu import self_label, train, config_from_preset, load_dataset, frozen_evaluation, nmi
 
 * :mod:`sela_edu.labelling`: the label step (optimal transport to equal-sized clusters);
 * :mod:`sela_edu.training`: configuration, presets, the training loop and its methods;
@@ -23,12 +23,20 @@ _PUBLIC = {
     "self_label": "labelling", "SelfLabelResult": "labelling", "ScoreBuffer": "labelling",
     "sinkhorn": "ot",
     "TrainConfig": "training", "PRESETS": "training", "config_from_preset": "training", "train": "training",
-    "transfer_labels": "training",
-    "load_dataset": "data", "make_loader": "data",
+    "transfer_labels": "training", "random_init_model": "training", "initial_labels": "training",
+    "subset_indices": "training", "kmeans_labels": "training",
+    "export_labels_csv": "training", "read_labels_csv": "training", "read_path_labels_csv": "training",
+    "load_dataset": "data", "make_loader": "data", "available": "data", "how_to_get": "data",
+    "ensure_dataset": "data",
     "build_model": "models",
     "frozen_evaluation": "evaluation", "knn_accuracy": "evaluation", "linear_probe": "evaluation",
-    "browse": "course.browser",
+    "extract_features": "evaluation", "weighted_knn": "evaluation",
+    "nmi": "evaluation.metrics", "adjusted_nmi": "evaluation.metrics", "ari": "evaluation.metrics",
+    "cluster_accuracy": "evaluation.metrics", "cluster_size_spread": "evaluation.metrics",
+    "browse": "course.browser", "compare": "course.verdicts",
     "label_folder": "apps", "assign_folder": "apps",
+    "list_released": "apps.pretrained", "load_released": "apps.pretrained",
+    "torchrun_command": "cli",
 }
 
 __all__ = ["__version__", *_PUBLIC]
