@@ -37,6 +37,57 @@ def test_run_series_shows_one_overall_progress_bar(tmp_path, monkeypatch):
     assert "figures:" in summary
 
 
+def test_run_series_records_each_notebooks_time_beside_the_notebooks(tmp_path, monkeypatch):
+    import json
+
+    def fake_execute(name, target, params, **kw):
+        if name.startswith("02"):
+            raise RuntimeError("a cell raised")
+
+    monkeypatch.setattr(course.runner, "execute_notebook", fake_execute)
+    course.run_series("smoke", tmp_path / "out", only=["01", "02"], log=lambda _: None, progress=False, pages=False)
+    record = json.loads((tmp_path / "out" / course.runner.TIMES_RECORD).read_text())
+    assert record["profile"] == "smoke" and record["machine"]["cores"] == os.cpu_count()
+    assert {name: entry["status"] for name, entry in record["notebooks"].items()} == {
+        "01_optimal_transport_toy": "ok", "02_self_labelling_objective": "failed"}
+    assert record["total_seconds"] == pytest.approx(sum(e["seconds"] for e in record["notebooks"].values()), abs=0.2)
+    assert len(record["date"]) == 10 and record["date"][4] == "-"
+
+
+@pytest.fixture
+def recorded_times_at(monkeypatch):
+    """Point the runner at another docs/times.json (its reading is cached, so clear it around the test)."""
+    def point(path):
+        monkeypatch.setattr(course.runner, "RECORDED_TIMES", path)
+        course.runner.recorded_seconds.cache_clear()
+    yield point
+    course.runner.recorded_seconds.cache_clear()
+
+
+def test_progress_weights_come_from_the_recorded_run(tmp_path, recorded_times_at):
+    import json
+
+    one, three = course.NOTEBOOKS[0], course.NOTEBOOKS[2]
+    record = {"profile": "smoke", "notebooks": {one.name: {"seconds": 12.4, "status": "ok"},
+                                                three.name: {"seconds": 0.0, "status": "skipped"}}}
+    times = tmp_path / "times.json"
+    times.write_text(json.dumps({"profiles": {"smoke": record}}))
+    recorded_times_at(times)
+    assert one.expected_seconds("smoke") == 12.4
+    # a notebook that did not run, and a profile without a recorded run, weigh the default
+    assert three.expected_seconds("smoke") == course.runner.DEFAULT_SECONDS
+    assert one.expected_seconds("classroom") == course.runner.DEFAULT_SECONDS
+    recorded_times_at(tmp_path / "absent.json")   # an installed wheel: no docs/
+    assert one.expected_seconds("smoke") == course.runner.DEFAULT_SECONDS
+
+
+def test_a_file_that_is_not_recorded_times_is_named(tmp_path):
+    bad = tmp_path / "times.json"
+    bad.write_text('{"notebooks": {}}')
+    with pytest.raises(ValueError, match="times.json is not a file of recorded times"):
+        course.runner.load_recorded_times(bad)
+
+
 def test_kernels_get_absolute_folders_though_they_run_in_the_notebooks_folder(tmp_path, monkeypatch):
     # SELA_DATA_ROOT=../shared/data make run: the kernel's working directory is notebooks/, so a relative
     # folder handed on unchanged would name another place (and the series fell back to the digits)

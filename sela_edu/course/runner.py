@@ -1,7 +1,8 @@
 """Running the notebook series with papermill: one overall progress bar, each notebook's own progress,
 the kernel's noise kept out of the terminal, and the summary table.
 
-* :data:`NOTEBOOKS` lists the series in order, with what each one needs and how long it took here.
+* :data:`NOTEBOOKS` lists the series in order, with what each one needs; how long each took comes from
+  the recorded run in ``docs/times.json`` (:func:`recorded_seconds`), which weights the progress bar.
 * :func:`execute_notebook` runs one notebook; :func:`run_series` runs the series; :func:`series_summary`
   prints the table of what they measured.
 * :func:`refresh_stored_outputs` re-executes the notebooks committed with outputs (01 and 02) the way
@@ -11,13 +12,15 @@ the kernel's noise kept out of the terminal, and the summary table.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,42 +31,70 @@ from sela_edu.course.site import INDEX_NAME, read_notebook, try_write_page, writ
 
 NOTEBOOKS_DIR = settings.REPO_ROOT / "notebooks"
 
+#: A run's record of how long each notebook took (what :func:`run_series` writes beside the notebooks).
+TIMES_RECORD = "times.json"
+#: The recorded runs the kit states its times from (one record per profile, copied from a run's
+#: ``times.json``): the progress bar's weights, the README's course table, the notebooks' "Takes" lines.
+RECORDED_TIMES = settings.REPO_ROOT / "docs" / TIMES_RECORD
+#: A notebook's weight where no recorded run says how long it took (an installed wheel has no docs/):
+#: every notebook then weighs the same.
+DEFAULT_SECONDS = 60.0
+
+
+def load_recorded_times(path: str | os.PathLike = RECORDED_TIMES) -> dict[str, dict[str, Any]]:
+    """The recorded runs in ``path``, one ``times.json`` record per profile (``{"profiles": {...}}``)."""
+    path = Path(path)
+    try:
+        profiles = json.loads(path.read_text())["profiles"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a file of recorded times (a 'profiles' mapping of times.json records): "
+                         f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(profiles, dict):
+        raise ValueError(f"{path}: 'profiles' must map a profile name to a times.json record")
+    return profiles
+
+
+@functools.lru_cache(maxsize=None)
+def recorded_seconds(profile: str) -> dict[str, float]:
+    """Each notebook's seconds in the recorded run at ``profile`` (only those that ran); empty when
+    ``docs/times.json`` is absent or has no run at that profile."""
+    if not RECORDED_TIMES.is_file():
+        return {}
+    record = load_recorded_times(RECORDED_TIMES).get(profile, {})
+    return {name: float(entry["seconds"]) for name, entry in record.get("notebooks", {}).items()
+            if entry.get("status") == "ok"}
+
 
 @dataclass(frozen=True)
 class NotebookInfo:
     """One notebook of the series. ``needs(profile, parameters)`` names the data set that must be on
-    disk for the notebook to be worth running (``None``: it always runs). ``seconds`` holds the
-    measured time per profile on a 2-core CPU (it weights the overall progress bar)."""
+    disk for the notebook to be worth running (``None``: it always runs)."""
 
     name: str
     title: str
     needs: Any = None
-    seconds: Mapping[str, float] = field(default_factory=dict)
 
     def required_dataset(self, profile: str, parameters: Mapping[str, Any]) -> str | None:
         return self.needs(profile, dict(parameters)) if callable(self.needs) else self.needs
 
     def expected_seconds(self, profile: str) -> float:
-        return float(self.seconds.get(profile, self.seconds.get("classroom", 60.0)))
+        """Its time in the recorded run at ``profile`` (the weight of its share of the progress bar)."""
+        return recorded_seconds(profile).get(self.name, DEFAULT_SECONDS)
 
 
 #: Notebooks whose ``dataset`` parameter defaults to the CPU data set (Fashion-MNIST, else the digits).
 CPU_NOTEBOOKS = ("02_self_labelling_objective", "03_self_labelling_on_cpu", "05_imbalance", "06_label_transfer")
 
 NOTEBOOKS: tuple[NotebookInfo, ...] = (
-    NotebookInfo("01_optimal_transport_toy", "Optimal transport with warehouses and shops",
-                 seconds={"smoke": 17, "classroom": 21}),
-    NotebookInfo("02_self_labelling_objective", "Why self-labelling needs equipartition",
-                 seconds={"smoke": 19, "classroom": 37}),
-    NotebookInfo("03_self_labelling_on_cpu", "The whole method on a CPU",
-                 seconds={"smoke": 24, "classroom": 616}),
+    NotebookInfo("01_optimal_transport_toy", "Optimal transport with warehouses and shops"),
+    NotebookInfo("02_self_labelling_objective", "Why self-labelling needs equipartition"),
+    NotebookInfo("03_self_labelling_on_cpu", "The whole method on a CPU"),
     NotebookInfo("04_cifar_and_svhn", "CIFAR-10/100 and SVHN at the paper's settings",
-                 needs=lambda profile, p: p.get("dataset") or "cifar10", seconds={"smoke": 10, "classroom": 600}),
+                 needs=lambda profile, p: p.get("dataset") or "cifar10"),
     NotebookInfo("05_imbalance", "Imbalanced data",
-                 needs=lambda profile, p: (p.get("dataset") or "cifar10") if profile == "paper" else None,
-                 seconds={"smoke": 17, "classroom": 348}),
-    NotebookInfo("06_label_transfer", "Label transfer", seconds={"smoke": 15, "classroom": 147}),
-    NotebookInfo("07_imagenet_scale", "ImageNet scale", seconds={"smoke": 9, "classroom": 30}),
+                 needs=lambda profile, p: (p.get("dataset") or "cifar10") if profile == "paper" else None),
+    NotebookInfo("06_label_transfer", "Label transfer"),
+    NotebookInfo("07_imagenet_scale", "ImageNet scale"),
 )
 
 
@@ -249,6 +280,25 @@ def save_run_statuses(output: str | os.PathLike, statuses: Iterable[RunStatus], 
     return path
 
 
+def times_record(statuses: Iterable[RunStatus], profile: str | None) -> dict[str, Any]:
+    """How long a run's notebooks took: profile, date, the machine's cores, each notebook's seconds and
+    status, and the total (the form ``docs/times.json`` keeps one of per profile)."""
+    statuses = list(statuses)
+    return {"profile": profile, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "machine": {"cores": os.cpu_count()},
+            "total_seconds": round(sum(s.seconds for s in statuses), 1),
+            "notebooks": {s.name: {"seconds": round(s.seconds, 1), "status": s.status} for s in statuses}}
+
+
+def save_times(output: str | os.PathLike, statuses: Iterable[RunStatus], profile: str | None) -> Path:
+    """Write ``<output>/times.json`` (:func:`times_record`); copy it into ``docs/times.json``'s profile
+    entry to make a run the one the kit states its times from."""
+    path = Path(output) / TIMES_RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(times_record(statuses, profile), indent=2) + "\n")
+    return path
+
+
 def _series_order(names: Iterable[str]) -> list[str]:
     order = {info.name: i for i, info in enumerate(NOTEBOOKS)}
     return sorted(names, key=lambda n: (order.get(n, len(order)), n))
@@ -318,7 +368,7 @@ def run_series(profile: str = "classroom", output: str | os.PathLike = "results/
 
     First the CPU data set is settled once (:func:`sela_edu.data.cpu_dataset`: Fashion-MNIST from the
     data root, downloaded when missing, else the digits with a notice). Then every notebook runs under
-    one overall progress bar (weighted by the measured times in :data:`NOTEBOOKS`, so its estimate of
+    one overall progress bar (weighted by the recorded times in ``docs/times.json``, so its estimate of
     the time left follows this machine's speed) with the notebook's own per-cell bar below it.
     Executed notebooks go to ``<output>/notebooks/``, figures to ``<output>/figures/`` (or
     ``figures_dir``), measured numbers to ``<output>/results/``, each kernel's stderr to
@@ -326,6 +376,8 @@ def run_series(profile: str = "classroom", output: str | os.PathLike = "results/
     (reported, not failed); one that raises is reported as failed and the series goes on.
     With ``pages`` (the default), after each notebook its HTML page goes beside it and
     ``<output>/index.html`` and ``<output>/run.json`` are brought up to date (:mod:`.site`).
+    ``<output>/times.json`` records how long each notebook took (:func:`save_times`), even when the
+    series is interrupted.
     """
     from tqdm.auto import tqdm
 
@@ -380,6 +432,8 @@ def run_series(profile: str = "classroom", output: str | os.PathLike = "results/
             bar.update(weight)
     finally:
         bar.close()
+        if statuses:
+            save_times(output, statuses, profile)
     return statuses
 
 
@@ -403,5 +457,6 @@ def series_summary(output: str | os.PathLike, statuses: Iterable[RunStatus], *,
 
 __all__ = ["NOTEBOOKS", "NOTEBOOKS_DIR", "CPU_NOTEBOOKS", "NotebookInfo", "notebook_path", "parse_value",
            "kernel_name", "quiet_kernel_manager", "execute_notebook", "UNSTORED_TAG", "stored_output_environment",
-           "refresh_stored_outputs", "RunStatus", "RUN_RECORD", "save_run_statuses", "statuses_from_notebooks",
+           "refresh_stored_outputs", "RunStatus", "RUN_RECORD", "save_run_statuses", "TIMES_RECORD",
+           "RECORDED_TIMES", "DEFAULT_SECONDS", "load_recorded_times", "recorded_seconds", "times_record", "save_times", "statuses_from_notebooks",
            "load_run_statuses", "run_series", "series_summary"]
