@@ -235,6 +235,7 @@ def sgd_step(s: RunSetup, labels: torch.Tensor, x: torch.Tensor, index: torch.Te
 
 
 def epoch_record(epoch, step, loss, lr, changes, labels, ks, targets, timing, relabels) -> dict:
+    """An epoch's history record (see :func:`train`): loss, label changes, cluster sizes, NMI, timings."""
     from sela_edu.evaluation.metrics import cluster_size_spread, nmi
 
     record = {
@@ -256,6 +257,7 @@ def epoch_record(epoch, step, loss, lr, changes, labels, ks, targets, timing, re
 
 
 def totals(history: list[dict]) -> dict[str, float]:
+    """Seconds, label optimisations and throughput summed over every epoch of ``history``."""
     keys = ("seconds", "train_seconds", "relabel_seconds", "score_seconds", "solve_seconds")
     totals = {k: float(sum(r.get(k, 0.0) for r in history)) for k in keys}
     totals["relabels"] = int(sum(r.get("relabels", 0) for r in history))
