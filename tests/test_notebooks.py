@@ -15,6 +15,7 @@ label flipped by a rounding difference changes every round after it. ``test_stor
 proves it under other thread counts, numba's kernels disabled, and torch's deterministic algorithms.
 """
 
+import ast
 import json
 import os
 import subprocess
@@ -57,6 +58,11 @@ def test_notebook_structure(name):
     # one setup cell: imports only there (the exercise cells and helpers define functions, not imports)
     importing = [c for c in code if any(line.startswith(("import ", "from ")) for line in c.source.splitlines())]
     assert importing == [code[1]], f"imports outside the setup cell in {name}"
+    assert not kit_imports_beyond_public(code[1].source), \
+        f"{name}'s setup cell imports {kit_imports_beyond_public(code[1].source)}: use sela_edu's public names"
+    # a shortened course run is a named preset, not a config edited in a cell
+    for preset in COURSE_PRESETS.get(name, ()):
+        assert f'"{preset}"' in code[1].source, f"{name}'s setup cell should name the preset {preset!r}"
     assert nb.metadata["kernelspec"]["name"] == "python3"
     # 01 and 02 are committed executed (nbval), the rest without outputs
     has_outputs = any(c.get("outputs") for c in code)
@@ -64,6 +70,34 @@ def test_notebook_structure(name):
     # a cell whose output nbval does not compare (it follows a training run) is stored empty
     assert not [c for c in code if course.UNSTORED_TAG in _tags(c) and c.get("outputs")], \
         f"{name}: a cell tagged {course.UNSTORED_TAG} is stored with outputs"
+
+
+#: the presets that hold a notebook's shortened course runs (sela_edu.training.PRESETS)
+COURSE_PRESETS = {"03_self_labelling_on_cpu": ("classroom-short",), "05_imbalance": ("classroom-imbalance",),
+                  "06_label_transfer": ("classroom-short",)}
+
+
+def kit_imports_beyond_public(source):
+    """The kit's modules a cell imports other than ``sela_edu`` itself (its public names, and its modules
+    settings and course), ``sela_edu.course`` and ``sela_edu.ot`` (notebook 01's general solver, a module of
+    one job): a notebook's setup cell should need nothing else."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            modules = [node.module or ""]
+        elif isinstance(node, ast.Import):
+            modules = [a.name for a in node.names]
+        else:
+            continue
+        found += [m for m in modules if m.startswith("sela_edu.") and m.split(".")[1] not in ("course", "ot")]
+    return found
+
+
+def test_setup_import_rule_sees_private_modules():
+    assert kit_imports_beyond_public("from sela_edu import train, course\nfrom sela_edu.course.timing import x\n"
+                                     "from sela_edu.ot import sinkhorn") == []
+    assert kit_imports_beyond_public("import torch\nfrom sela_edu.training import train\nimport sela_edu.data") == \
+        ["sela_edu.training", "sela_edu.data"]
 
 
 # ---------------------------------------------------------------- kernel
