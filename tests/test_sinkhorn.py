@@ -16,7 +16,8 @@ from pathlib import Path
 
 from scipy.optimize import minimize
 
-from sela_edu.labelling import solver as sk
+from sela_edu.labelling import _kernels, buffer
+from sela_edu.labelling.semidual import SemiDual
 from sela_edu.labelling import ScoreBuffer, reference_self_label, self_label, synthetic_scores
 from sela_edu.ot import sinkhorn
 
@@ -152,7 +153,7 @@ def test_cluster_sizes_near_equal(scale, lam):
 
 def test_streaming_equals_one_shot(monkeypatch):
     # a small staging area forces many blocks, each with its own column shift to reconcile
-    monkeypatch.setattr(sk, "_STAGE_BYTES", 64 * 40 * 4)
+    monkeypatch.setattr(buffer, "_STAGE_BYTES", 64 * 40 * 4)
     n, k, lam = 3001, 40, 25.0
     scores = random_scores(n, k, 3.0, seed=5)
     # blocks with very different ranges, so per-block column maxima really differ
@@ -173,7 +174,7 @@ def test_streaming_equals_one_shot(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_reset_buffer_refills_its_own_memory_and_solves_as_a_new_one(dtype, monkeypatch):
-    monkeypatch.setattr(sk, "_STAGE_BYTES", 64 * 40 * 4)  # several blocks, so stale block frames would show
+    monkeypatch.setattr(buffer, "_STAGE_BYTES", 64 * 40 * 4)  # several blocks, so stale block frames would show
     n, k, lam = 2000, 40, 10.0
     first, second = random_scores(n, k, 3.0, seed=21), random_scores(n, k, 3.0, seed=22)
     buf = ScoreBuffer(n, k, lam, storage_dtype=dtype)
@@ -206,7 +207,6 @@ def test_half_storage_matches_float32(dtype):
 
 @pytest.mark.parametrize("k", [64, 63])  # even K: bfloat16 read as pairs of entries; odd K: widened rows
 def test_bfloat16_pass_equals_the_float32_pass_on_the_same_values(k):
-    from sela_edu.labelling import _kernels
 
     n = 4099  # rows in blocks of four and a remainder, in three segments with their own factors
     g = torch.Generator().manual_seed(24)
@@ -227,7 +227,6 @@ def test_bfloat16_pass_equals_the_float32_pass_on_the_same_values(k):
 
 @pytest.mark.parametrize("k", [64, 63])
 def test_compiled_argmax_takes_the_first_largest_entry_of_each_scaled_row(k):
-    from sela_edu.labelling import _kernels
 
     n = 3001
     g = torch.Generator().manual_seed(25)
@@ -339,7 +338,6 @@ def test_newton_finish_halves_the_passes_of_lbfgs_on_recorded_scores():
 
 
 def test_hessian_pass_is_the_semi_duals_exact_hessian():
-    from sela_edu.labelling import _kernels
 
     g = torch.Generator().manual_seed(26)
     n, k = 5003, 12
@@ -360,7 +358,7 @@ def test_hessian_pass_is_the_semi_duals_exact_hessian():
     # and the solver's Hessian is F's: diag(mass) - sum_i q_i q_i^T, checked by finite differences of mass
     buf = ScoreBuffer(n, k, 1.0)
     buf.add(P.log())
-    sd = sk._SemiDual(buf, buf.finalise(), "torch", torch.device("cpu"), torch.full((k,), n / k, dtype=torch.float64),
+    sd = SemiDual(buf, buf.finalise(), "torch", torch.device("cpu"), torch.full((k,), n / k, dtype=torch.float64),
                       False)
     L = torch.randn(k, generator=g, dtype=torch.float64) * 0.3
     _, mass, H = sd.with_hessian(L)
@@ -469,7 +467,7 @@ def test_bad_init_is_refused():
 def test_blocks_in_their_own_frames_match_rescaled_blocks(monkeypatch):
     # many small blocks with different column maxima: the compiled pass folds each block's factors into
     # the scalings, the torch pass rescales P once; both must give the same plan
-    monkeypatch.setattr(sk, "_STAGE_BYTES", 64 * 40 * 4)
+    monkeypatch.setattr(buffer, "_STAGE_BYTES", 64 * 40 * 4)
     scores = random_scores(3001, 40, 3.0, seed=5)
     scores[:1000] -= 4.0
     scores[2000:, :10] += 2.0
@@ -490,7 +488,7 @@ def test_compiled_formation_matches_torch(monkeypatch):
         fast = ScoreBuffer(5000, 64, 25.0, storage_dtype=dtype, keep_scores=True)
         fast.add(scores)
         with monkeypatch.context() as m:
-            m.setattr(sk._kernels, "can_form", lambda *a: False)
+            m.setattr(_kernels, "can_form", lambda *a: False)
             slow = ScoreBuffer(5000, 64, 25.0, storage_dtype=dtype, keep_scores=True)
             slow.add(scores)
         torch.testing.assert_close(fast.finalise().float(), slow.finalise().float(), rtol=rtol, atol=0)
@@ -505,7 +503,7 @@ def test_objective_is_unchanged_by_a_rebuild(backend):
     buf.add(scores)
     P = buf.finalise(fold=backend == "torch")
     target = torch.full((50,), 60.0, dtype=torch.float64)
-    sd = sk._SemiDual(buf, P, backend, torch.device("cpu"), target, False)
+    sd = SemiDual(buf, P, backend, torch.device("cpu"), target, False)
     L = sd.A + torch.linspace(0, 20, 50, dtype=torch.float64)
     before, mass_before = sd(L)
     sd.settle(L, limit=0.0)  # force a rebuild around L
@@ -552,7 +550,7 @@ def test_bad_input_raises(kwargs, match):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_large_blocks_checked_in_the_kernel_refuse_non_finite_scores_and_keep_nothing(bad, monkeypatch):
     # blocks of a large float32 tensor are formed straight from it, and checked while they are read
-    monkeypatch.setattr(sk, "_STAGE_BYTES", 64 * 8 * 4)
+    monkeypatch.setattr(buffer, "_STAGE_BYTES", 64 * 8 * 4)
     n, k = 1000, 8
     scores = random_scores(n, k, 2.0, seed=23)
     buf = ScoreBuffer(n, k, 10.0)

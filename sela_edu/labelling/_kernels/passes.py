@@ -1,0 +1,368 @@
+"""One read of ``P`` per evaluation: cluster masses, the objective, the Hessian's Gram matrix, the argmax."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from sela_edu.labelling._kernels.ops import HAVE_NUMBA, U_MIN, num_blocks
+
+# Rows per block of the torch path for half-precision storage: a float32 copy of about 32 MB.
+_TORCH_BLOCK_BYTES = 32 * 2**20
+
+
+if HAVE_NUMBA:
+    from numba import njit, prange
+
+    from sela_edu.labelling._kernels.ops import f32_bits, fmax
+
+    @njit(fastmath=True, cache=True)
+    def _rows4(r0, r1, r2, r3, b, acc):  # pragma: no cover - compiled
+        """Four rows at once (each load of b and of acc serves four rows): returns the sum of their log u."""
+        k = b.shape[0]
+        u0 = np.float32(0.0)
+        u1 = np.float32(0.0)
+        u2 = np.float32(0.0)
+        u3 = np.float32(0.0)
+        for j in range(k):
+            bj = b[j]
+            u0 += r0[j] * bj
+            u1 += r1[j] * bj
+            u2 += r2[j] * bj
+            u3 += r3[j] * bj
+        u0 = max(u0, np.float32(U_MIN))
+        u1 = max(u1, np.float32(U_MIN))
+        u2 = max(u2, np.float32(U_MIN))
+        u3 = max(u3, np.float32(U_MIN))
+        a0 = np.float32(1.0) / u0
+        a1 = np.float32(1.0) / u1
+        a2 = np.float32(1.0) / u2
+        a3 = np.float32(1.0) / u3
+        for j in range(k):
+            acc[j] += a0 * r0[j] + a1 * r1[j] + a2 * r2[j] + a3 * r3[j]
+        return _log_product(u0, u1, u2, u3)
+
+    @njit(cache=True)
+    def _log_product(u0, u1, u2, u3):  # pragma: no cover - compiled
+        # one log for four rows; in float64 without fast-math, which would let the product be narrowed
+        # to float32, where four values near 1e-37 underflow
+        return math.log((np.float64(u0) * np.float64(u1)) * (np.float64(u2) * np.float64(u3)))
+
+    @njit(fastmath=True, cache=True)
+    def _row1(r0, b, acc):  # pragma: no cover - compiled
+        k = b.shape[0]
+        u = np.float32(0.0)
+        for j in range(k):
+            u += r0[j] * b[j]
+        u = max(u, np.float32(U_MIN))
+        a = np.float32(1.0) / u
+        for j in range(k):
+            acc[j] += a * r0[j]
+        return np.float64(u)
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _pass(P, E, seg_stop, w, nblocks):  # pragma: no cover - compiled
+        """Masses and sum of log u over the rows of float32 ``P``."""
+        n, k = P.shape
+        partial = np.zeros((nblocks, k), np.float32)
+        logs = np.zeros(nblocks, np.float64)
+        step = (n + nblocks - 1) // nblocks
+        for blk in prange(nblocks):
+            i0 = blk * step
+            i1 = min(n, i0 + step)
+            if i0 >= i1:
+                continue
+            out = partial[blk]
+            acc = np.zeros(k, np.float32)
+            b = np.empty(k, np.float32)
+            seg = np.searchsorted(seg_stop, i0, side="right")
+            ls = 0.0
+            i = i0
+            while i < i1:
+                while seg_stop[seg] <= i:
+                    seg += 1
+                for j in range(k):
+                    b[j] = E[seg, j] * w[j]
+                end = min(i1, seg_stop[seg])
+                while i + 4 <= end:
+                    ls += _rows4(P[i], P[i + 1], P[i + 2], P[i + 3], b, acc)
+                    i += 4
+                while i < end:
+                    ls += math.log(_row1(P[i], b, acc))
+                    i += 1
+                # the segment's sums, scaled by its b, go into the block's partial sums
+                for j in range(k):
+                    out[j] += acc[j] * b[j]
+                    acc[j] = 0.0
+            logs[blk] = ls
+        return partial, logs
+
+    # bfloat16 pairs: a row of K bfloat16 read as K/2 uint32 words; word j holds entry 2j in its low half
+    # and 2j+1 in its high half, so ``word << 16`` and ``word & HIGH`` are the two entries as float32 bits.
+    # Decoding in registers (no widened copy of the row) lets the pass run near the memory's speed.
+    _HIGH = np.uint32(0xFFFF0000)
+    _SHIFT = np.uint32(16)
+
+    @njit(fastmath=True, cache=True)
+    def _pair_scalings(e, w, blo, bhi):  # pragma: no cover - compiled
+        """A segment's scalings b = e * w, split into even (``blo``) and odd (``bhi``) clusters."""
+        for j in range(blo.shape[0]):
+            blo[j] = e[2 * j] * w[2 * j]
+            bhi[j] = e[2 * j + 1] * w[2 * j + 1]
+
+    @njit(fastmath=True, cache=True)
+    def _pairs4(r0, r1, r2, r3, blo, bhi, alo, ahi):  # pragma: no cover - compiled
+        """:func:`_rows4` on four rows of bfloat16 pairs, with b and the column sums split into even and odd."""
+        h = blo.shape[0]
+        u0 = np.float32(0.0)
+        u1 = np.float32(0.0)
+        u2 = np.float32(0.0)
+        u3 = np.float32(0.0)
+        for j in range(h):
+            bl = blo[j]
+            bh = bhi[j]
+            x = r0[j]
+            u0 += f32_bits(x << _SHIFT) * bl + f32_bits(x & _HIGH) * bh
+            x = r1[j]
+            u1 += f32_bits(x << _SHIFT) * bl + f32_bits(x & _HIGH) * bh
+            x = r2[j]
+            u2 += f32_bits(x << _SHIFT) * bl + f32_bits(x & _HIGH) * bh
+            x = r3[j]
+            u3 += f32_bits(x << _SHIFT) * bl + f32_bits(x & _HIGH) * bh
+        u0 = max(u0, np.float32(U_MIN))
+        u1 = max(u1, np.float32(U_MIN))
+        u2 = max(u2, np.float32(U_MIN))
+        u3 = max(u3, np.float32(U_MIN))
+        a0 = np.float32(1.0) / u0
+        a1 = np.float32(1.0) / u1
+        a2 = np.float32(1.0) / u2
+        a3 = np.float32(1.0) / u3
+        for j in range(h):  # the four rows are still in cache
+            w0 = r0[j]
+            w1 = r1[j]
+            w2 = r2[j]
+            w3 = r3[j]
+            alo[j] += (a0 * f32_bits(w0 << _SHIFT) + a1 * f32_bits(w1 << _SHIFT)
+                       + a2 * f32_bits(w2 << _SHIFT) + a3 * f32_bits(w3 << _SHIFT))
+            ahi[j] += (a0 * f32_bits(w0 & _HIGH) + a1 * f32_bits(w1 & _HIGH)
+                       + a2 * f32_bits(w2 & _HIGH) + a3 * f32_bits(w3 & _HIGH))
+        return _log_product(u0, u1, u2, u3)
+
+    @njit(fastmath=True, cache=True)
+    def _pair1(r, blo, bhi, alo, ahi):  # pragma: no cover - compiled
+        u = np.float32(0.0)
+        for j in range(blo.shape[0]):
+            u += f32_bits(r[j] << _SHIFT) * blo[j] + f32_bits(r[j] & _HIGH) * bhi[j]
+        u = max(u, np.float32(U_MIN))
+        a = np.float32(1.0) / u
+        for j in range(blo.shape[0]):
+            alo[j] += a * f32_bits(r[j] << _SHIFT)
+            ahi[j] += a * f32_bits(r[j] & _HIGH)
+        return math.log(np.float64(u))
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _pass_pairs(W, E, seg_stop, w, nblocks):  # pragma: no cover - compiled
+        """:func:`_pass` for bfloat16 ``P`` with an even K, read as the n x K/2 uint32 words ``W``."""
+        n, h = W.shape
+        partial = np.zeros((nblocks, 2 * h), np.float32)
+        logs = np.zeros(nblocks, np.float64)
+        step = (n + nblocks - 1) // nblocks
+        for blk in prange(nblocks):
+            i0 = blk * step
+            i1 = min(n, i0 + step)
+            if i0 >= i1:
+                continue
+            out = partial[blk]
+            alo = np.zeros(h, np.float32)
+            ahi = np.zeros(h, np.float32)
+            blo = np.empty(h, np.float32)
+            bhi = np.empty(h, np.float32)
+            seg = np.searchsorted(seg_stop, i0, side="right")
+            ls = 0.0
+            i = i0
+            while i < i1:
+                while seg_stop[seg] <= i:
+                    seg += 1
+                _pair_scalings(E[seg], w, blo, bhi)
+                end = min(i1, seg_stop[seg])
+                while i + 4 <= end:
+                    ls += _pairs4(W[i], W[i + 1], W[i + 2], W[i + 3], blo, bhi, alo, ahi)
+                    i += 4
+                while i < end:
+                    ls += _pair1(W[i], blo, bhi, alo, ahi)
+                    i += 1
+                for j in range(h):
+                    out[2 * j] += alo[j] * blo[j]
+                    out[2 * j + 1] += ahi[j] * bhi[j]
+                    alo[j] = 0.0
+                    ahi[j] = 0.0
+            logs[blk] = ls
+        return partial, logs
+
+    @njit(fastmath=True, cache=True)
+    def _argmax_pair_row(r, blo, bhi):  # pragma: no cover - compiled
+        """First k maximising P_ik b_k on one row of bfloat16 pairs."""
+        h = blo.shape[0]
+        m = np.float32(-1.0)
+        first = 0
+        for c0 in range(0, h, 32):  # chunk maxima (vectorised); the first chunk holding the row's maximum
+            c1 = min(h, c0 + 32)
+            cm = np.float32(-1.0)
+            for j in range(c0, c1):
+                x = r[j]
+                cm = fmax(cm, fmax(f32_bits(x << _SHIFT) * blo[j], f32_bits(x & _HIGH) * bhi[j]))
+            if cm > m:
+                m = cm
+                first = c0
+        for j in range(first, min(h, first + 32)):  # its first entry equal to the maximum
+            x = r[j]
+            if f32_bits(x << _SHIFT) * blo[j] == m:
+                return 2 * j
+            if f32_bits(x & _HIGH) * bhi[j] == m:
+                return 2 * j + 1
+        return 2 * first
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _argmax_pairs(W, E, seg_stop, w, nblocks):  # pragma: no cover - compiled
+        n, h = W.shape
+        out = np.empty(n, np.int64)
+        step = (n + nblocks - 1) // nblocks
+        for blk in prange(nblocks):
+            i0 = blk * step
+            i1 = min(n, i0 + step)
+            if i0 >= i1:
+                continue
+            blo = np.empty(h, np.float32)
+            bhi = np.empty(h, np.float32)
+            seg = np.searchsorted(seg_stop, i0, side="right")
+            stale = True
+            for i in range(i0, i1):
+                while seg_stop[seg] <= i:
+                    seg += 1
+                    stale = True
+                if stale:
+                    _pair_scalings(E[seg], w, blo, bhi)
+                    stale = False
+                out[i] = _argmax_pair_row(W[i], blo, bhi)
+        return out
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _argmax_f32(P, E, seg_stop, w, nblocks):  # pragma: no cover - compiled
+        n, k = P.shape
+        out = np.empty(n, np.int64)
+        step = (n + nblocks - 1) // nblocks
+        for blk in prange(nblocks):
+            i0 = blk * step
+            i1 = min(n, i0 + step)
+            if i0 >= i1:
+                continue
+            b = np.empty(k, np.float32)
+            seg = np.searchsorted(seg_stop, i0, side="right")
+            for j in range(k):
+                b[j] = E[seg, j] * w[j]
+            for i in range(i0, i1):
+                if seg_stop[seg] <= i:
+                    while seg_stop[seg] <= i:
+                        seg += 1
+                    for j in range(k):
+                        b[j] = E[seg, j] * w[j]
+                row = P[i]
+                best = row[0] * b[0]
+                arg = 0
+                for j in range(1, k):
+                    v = row[j] * b[j]
+                    if v > best:
+                        best = v
+                        arg = j
+                out[i] = arg
+        return out
+
+
+def _pairs_view_ok(P: torch.Tensor) -> bool:
+    """Whether bfloat16 ``P`` can be read as uint32 words of two entries (even K, 4-byte aligned)."""
+    return (P.dtype == torch.bfloat16 and P.shape[1] % 2 == 0 and P.storage_offset() % 2 == 0
+            and P.data_ptr() % 4 == 0)
+
+
+def fused_pass(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torch.Tensor,
+               backend: str) -> tuple[torch.Tensor, float]:
+    """One read of ``P``: the cluster masses and ``sum_i log u_i`` for scalings ``b = E[segment] * w``.
+
+    ``E`` is a (segments x K) float32 matrix of per-block factors, ``seg_stop`` the (int64) end row of each
+    block, ``w`` a float32 K-vector. Returns ``mass`` (float64 K-vector, on the CPU for numba and on P's
+    device for torch) and ``sum_i log(sum_k P_ik b_k)`` as a float.
+    """
+    if backend == "numba" and (P.dtype == torch.float32 or _pairs_view_ok(P)):
+        if P.dtype == torch.float32:
+            partial, logs = _pass(P.numpy(), E.numpy(), seg_stop, w.numpy(), num_blocks(P.shape[0]))
+        else:
+            partial, logs = _pass_pairs(P.view(torch.int32).numpy().view(np.uint32), E.numpy(), seg_stop,
+                                        w.numpy(), num_blocks(P.shape[0]))
+        return torch.from_numpy(partial.sum(axis=0, dtype=np.float64)), float(logs.sum())
+    # torch, and half precision with an odd K on the CPU
+    mass = torch.zeros(P.shape[1], dtype=torch.float64, device=P.device)
+    logsum = torch.zeros((), dtype=torch.float64, device=P.device)
+    start = 0
+    for seg, stop in enumerate(seg_stop.tolist()):
+        b = E[seg] * w
+        for block in _torch_blocks(P[start:stop]):
+            u = torch.mv(block, b).clamp_(min=U_MIN)
+            logsum += u.log().double().sum()
+            mass += torch.mv(block.t(), u.reciprocal_()).double() * b.double()
+        start = stop
+    return mass, float(logsum)
+
+
+def hessian_pass(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torch.Tensor
+                 ) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """:func:`fused_pass` plus ``sum_i q_i q_i^T`` (K x K, float64), q_i the row-normalised plan's row i.
+
+    Blocks of rows are scaled and normalised in float32 and their Gram matrices (one matrix product each,
+    O(N K^2) work in all) added in float64; what Newton's method needs besides the gradient.
+    """
+    k = P.shape[1]
+    mass = torch.zeros(k, dtype=torch.float64, device=P.device)
+    gram = torch.zeros(k, k, dtype=torch.float64, device=P.device)
+    logsum = torch.zeros((), dtype=torch.float64, device=P.device)
+    start = 0
+    for seg, stop in enumerate(seg_stop.tolist()):
+        b = (E[seg] * w).to(P.device)
+        for block in _torch_blocks(P[start:stop], whole=False):
+            q = block * b
+            u = q.sum(dim=1).clamp_(min=U_MIN)
+            logsum += u.log().double().sum()
+            q /= u[:, None]
+            mass += q.sum(dim=0).double()
+            gram += (q.t() @ q).double()
+        start = stop
+    return mass, float(logsum), gram
+
+
+def argmax_scaled(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torch.Tensor, backend: str) -> torch.Tensor:
+    """Row-wise argmax of ``P_ik b_k`` with ``b = E[segment] * w``: the hard labels of the transport plan."""
+    if backend == "numba":
+        if _pairs_view_ok(P):
+            return torch.from_numpy(_argmax_pairs(P.view(torch.int32).numpy().view(np.uint32), E.numpy(), seg_stop,
+                                                  w.numpy(), num_blocks(P.shape[0])))
+        if P.dtype == torch.float32:
+            return torch.from_numpy(_argmax_f32(P.numpy(), E.numpy(), seg_stop, w.numpy(), num_blocks(P.shape[0])))
+    # torch (and half precision with an odd K): block by block, the product P * b would otherwise be a
+    # second N x K matrix
+    out, start = [], 0
+    for seg, stop in enumerate(seg_stop.tolist()):
+        b = E[seg] * w
+        out += [(block * b).argmax(dim=1) for block in _torch_blocks(P[start:stop], whole=False)]
+        start = stop
+    return torch.cat(out)
+
+
+def _torch_blocks(P: torch.Tensor, whole: bool = True):
+    """Float32 views (or small float32 copies, for half storage) of consecutive row blocks of ``P``."""
+    if P.dtype == torch.float32 and whole:
+        yield P  # cuBLAS / MKL matrix-vector products are already bandwidth-bound on the whole matrix
+        return
+    rows = max(1, _TORCH_BLOCK_BYTES // (4 * P.shape[1]))
+    for start in range(0, P.shape[0], rows):
+        yield P[start : start + rows].float()  # a view when P is already float32: callers do not write it
