@@ -9,6 +9,7 @@ Examples::
     sela-edu student --output student/            # the release for students (nbgrader's format)
     sela-edu instructor --output instructor_edition/   # nbgrader source: solutions, hidden tests, answers
     sela-edu course init mycourse/                # an nbgrader course folder (config + assignment source)
+    sela-edu presets                              # the named training settings, one line each
     sela-edu train --preset classroom -s epochs 3           # training without a notebook
     sela-edu imagenet-command --gpus 8 --arch resnet50      # prints the torchrun line for ImageNet
     sela-edu refresh 01 02                        # re-execute the notebooks committed with outputs
@@ -225,11 +226,22 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_presets(args) -> int:
+    """The named training settings (sela_edu.training.presets), one line each."""
+    from sela_edu.training import list_presets
+
+    print("\n".join(list_presets()))
+    return 0
+
+
 def _cmd_label(args) -> int:
     """Self-label a folder of images (sela_edu.apps.label_folder)."""
     from sela_edu.apps.label_folder import label_folder
+    from sela_edu.training import clusters_per_head
 
-    result = label_folder(args.folder, args.output, clusters=args.clusters, heads=args.heads, epochs=args.epochs,
+    # refused here, before any image is read, by the kit's one "K per head" rule
+    ks = clusters_per_head(args.clusters, args.heads)
+    result = label_folder(args.folder, args.output, clusters=ks, heads=len(ks), epochs=args.epochs,
                           backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
                           lam=args.lam, seed=args.seed, device=args.device, restart=args.restart,
                           per_cluster=args.per_cluster, progress=not args.quiet)
@@ -330,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--set", nargs=2, action="append", metavar=("FIELD", "VALUE"),
                    help="TrainConfig override (repeatable)")
     p.set_defaults(func=_cmd_imagenet_command)
+
+    p = sub.add_parser("presets", help="list the named training settings (for train --preset), one line each")
+    p.set_defaults(func=_cmd_presets)
 
     p = sub.add_parser("train", help="train from a preset (what torchrun launches)")
     p.add_argument("--preset", default="classroom")

@@ -366,7 +366,7 @@ def run_series(profile: str = "classroom", output: str | os.PathLike = "results/
                progress: bool = True, pages: bool = True) -> list[RunStatus]:
     """Run the series (or the notebooks named in ``only``) with papermill at ``profile``.
 
-    First the CPU data set is settled once (:func:`sela_edu.data.cpu_dataset`: Fashion-MNIST from the
+    First the CPU data set is settled once (:func:`sela_edu.course.cpu_dataset`: Fashion-MNIST from the
     data root, downloaded when missing, else the digits with a notice). Then every notebook runs under
     one overall progress bar (weighted by the recorded times in ``docs/times.json``, so its estimate of
     the time left follows this machine's speed) with the notebook's own per-cell bar below it.
@@ -381,7 +381,8 @@ def run_series(profile: str = "classroom", output: str | os.PathLike = "results/
     """
     from tqdm.auto import tqdm
 
-    from sela_edu.data import datasets as data_module
+    from sela_edu.course.data_choice import cpu_dataset
+    from sela_edu.data import available
 
     check_profile(profile)
     say = log or tqdm.write
@@ -391,7 +392,7 @@ def run_series(profile: str = "classroom", output: str | os.PathLike = "results/
     chosen = [info for info in NOTEBOOKS if info.name in wanted]
     extra_env: dict[str, str | None] = {}
     if any(info.name in CPU_NOTEBOOKS for info in chosen) and not (parameters or {}).get("dataset"):
-        cpu = data_module.cpu_dataset(profile, None, data_root, log=say)
+        cpu = cpu_dataset(profile, None, data_root, log=say)
         if cpu == "digits" and profile != "smoke":
             extra_env[settings.OFFLINE_ENV] = "1"   # the notebooks need not try the network again
         say(f"CPU notebooks' data set: {cpu}")
@@ -404,7 +405,7 @@ def run_series(profile: str = "classroom", output: str | os.PathLike = "results/
             if data_root:   # absolute: the kernels run in the notebooks' folder, not here
                 params["data_root"] = _absolute(data_root)
             needed = info.required_dataset(profile, params)
-            if needed and not data_module.available(needed, data_root):
+            if needed and not available(needed, data_root):
                 where = Path(data_root) if data_root else settings.data_root()
                 statuses.append(RunStatus(info.name, "skipped", f"no {needed} data under {where}"))
                 say(f"[skip] {info.name}: no {needed} data under {where}")
