@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sela_edu.training import trainer  # noqa: E402
+from sela_edu.training import config_from_preset, labelstep, train  # noqa: E402
 from sela_edu.data import load_dataset  # noqa: E402
 
 
@@ -43,9 +43,9 @@ def main(argv=None) -> list[dict]:
             overrides[field] = json.loads(value)
         except json.JSONDecodeError:
             overrides[field] = value
-    config = trainer.config_from_preset("classroom", dataset=args.dataset, seed=args.seed, **overrides)
+    config = config_from_preset("classroom", dataset=args.dataset, seed=args.seed, **overrides)
     rows: list[dict] = []
-    solve = trainer.relabel
+    solve = labelstep.relabel
 
     def relabel_both(model, data, **kw):
         warm = solve(model, data, **kw)
@@ -58,11 +58,11 @@ def main(argv=None) -> list[dict]:
                          "warm_converged": w.converged, "agree": float((c.labels == w.labels).float().mean())})
         return warm
 
-    trainer.relabel = relabel_both
+    labelstep.relabel = relabel_both
     try:
-        trainer.train(config, load_dataset(args.dataset, "train"), progress=False)
+        train(config, load_dataset(args.dataset, "train"), progress=False)
     finally:
-        trainer.relabel = solve
+        labelstep.relabel = solve
     heads = len(config.cluster_list())
     ks = config.cluster_list()
     print(f"classroom preset on {args.dataset} ({overrides or 'as it is'}), seed {args.seed}; "

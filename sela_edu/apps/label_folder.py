@@ -58,6 +58,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from sela_edu.training import clusters_per_head
+
 
 
 @dataclass
@@ -191,21 +193,6 @@ def _to_grey(images: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 # Labelling
 # --------------------------------------------------------------------------------------------------
-
-
-def _cluster_list(clusters, heads: int | None) -> list[int]:
-    if isinstance(clusters, str):
-        clusters = [int(c) for c in clusters.replace(" ", "").split(",") if c]
-    if isinstance(clusters, (int, np.integer)):
-        clusters = [int(clusters)] * (heads or 1)
-    ks = [int(k) for k in clusters]
-    if heads is not None and len(ks) == 1:
-        ks = ks * heads
-    if heads is not None and len(ks) != heads:
-        raise ValueError(f"{len(ks)} cluster numbers ({ks}) for {heads} heads: give one K, or one per head")
-    if not ks or any(k < 2 for k in ks):
-        raise ValueError(f"every head needs at least 2 clusters, got {ks}")
-    return ks
 
 
 def default_epochs(num_images: int) -> int:
@@ -386,7 +373,7 @@ def label_folder(folder: str | os.PathLike, output: str | os.PathLike, *, cluste
 
     t0 = time.perf_counter()
     folder, output = Path(folder), Path(output)
-    ks = _cluster_list(clusters, heads)
+    ks = clusters_per_head(clusters, heads)
     ckpt_dir = output / "checkpoints"
     if restart and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
@@ -453,19 +440,14 @@ def _check_enough(n: int, ks: list[int]) -> None:
 def _label_random(loaded: LoadedImages, ks, *, epochs, size, batch_size, lam, seed, device, ckpt_dir, progress,
                   callback, output):
     from sela_edu.data import ImageData
-    from sela_edu.training import config_from_preset, train
+    from sela_edu.training import folder_config, train
 
     n = len(loaded.paths)
     mean, std = _channel_stats(loaded.images)
     data = ImageData("folder", loaded.images, torch.full((n,), -1, dtype=torch.long), [], mean, std)
     epochs = epochs or default_epochs(n)
-    bs = batch_size or max(16, min(256, n // 4))
-    bs = min(bs, n)
-    total_steps = epochs * (n // bs)
-    config = config_from_preset(
-        "classroom", dataset="folder", arch="smallcnn", num_heads=len(ks), num_clusters=ks if len(set(ks)) > 1 else ks[0],
-        lam=float(lam), epochs=epochs, nopts=max(1, min(total_steps, max(4, epochs // 2))), batch_size=bs,
-        seed=seed, device=device, checkpoint_dir=str(ckpt_dir), eval_every=0)
+    config = folder_config(n, ks, epochs=epochs, batch_size=batch_size, lam=float(lam), seed=seed, device=device,
+                           checkpoint_dir=str(ckpt_dir))
     result = train(config, data, progress=progress, callback=callback)
     model = result.model
     dev = next(model.parameters()).device
@@ -477,7 +459,7 @@ def _label_random(loaded: LoadedImages, ks, *, epochs, size, batch_size, lam, se
     torch.save({"build_kwargs": dict(model.build_kwargs), "state_dict": model.state_dict(),
                 "data": {"mean": list(mean), "std": list(std)}, "labels": labels, "lam": float(lam)},
                output / "model.pt")
-    extra = {"epochs": epochs, "batch_size": bs, "relabels": config.nopts, "arch": "smallcnn",
+    extra = {"epochs": epochs, "batch_size": config.batch_size, "relabels": config.nopts, "arch": "smallcnn",
              "train_seconds": round(float(result.timings.get("seconds", 0.0)), 1)}
     return model, labels, confidence, list(result.history), extra
 

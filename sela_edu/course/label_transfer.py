@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from sela_edu.data import make_loader
+from sela_edu.evaluation import score_dataset
 
 
 def label_fit(model: torch.nn.Module, data, labels: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
@@ -13,15 +13,10 @@ def label_fit(model: torch.nn.Module, data, labels: torch.Tensor, device, batch_
     ``labels`` (num_heads x N, indexed by position in ``data``), on the plain (unaugmented) images."""
     if labels.ndim != 2 or labels.shape[1] != len(data):
         raise ValueError(f"labels must be num_heads x {len(data)} (one row per head), got {tuple(labels.shape)}")
-    model.eval()
-    correct = torch.zeros(labels.shape[0])
-    with torch.no_grad():
-        for x, _, index in make_loader(data, batch_size, train=False, device=device):
-            heads = model(x)
-            if len(heads) < labels.shape[0]:
-                raise ValueError(f"the model has {len(heads)} heads, the labels {labels.shape[0]}")
-            for h in range(labels.shape[0]):
-                correct[h] += (heads[h].argmax(1).cpu() == labels[h, index.cpu()]).sum()
+    heads = score_dataset(model, data, outputs="heads", batch_size=batch_size, device=device)["heads"]
+    if len(heads) < labels.shape[0]:
+        raise ValueError(f"the model has {len(heads)} heads, the labels {labels.shape[0]}")
+    correct = torch.stack([(heads[h].argmax(1) == labels[h]).sum() for h in range(labels.shape[0])]).float()
     return 100.0 * correct / labels.shape[1]
 
 

@@ -1,7 +1,7 @@
 """Training's passes that score a whole data set with the network: :func:`relabel` (scores streamed into
 the solver's buffers, SeLa's step 1) and :func:`compute_features` (the features k-means clusters).
 
-Kept apart from the loop so that both can move onto the evaluation package's one scoring function."""
+Both run the evaluation package's one scoring function, :func:`~sela_edu.evaluation.score_dataset`."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import time
 import torch
 from torch import nn
 
+from sela_edu.evaluation import score_dataset
 from sela_edu.training import distributed as dist_utils
 from sela_edu.training.config import STORAGE_DTYPES
 from sela_edu.training.loaders import kept_batches, kept_rows, scoring_loader
-from sela_edu.training.runtime import progress_bar, sync, unwrap
+from sela_edu.training.runtime import sync, unwrap
 
 
 @torch.no_grad()
@@ -57,9 +58,6 @@ def relabel(model: nn.Module, data, *, lam: float = 10.0, batch_size: int = 512,
     if len(init) != len(heads):
         raise ValueError(f"init needs one potential (or None) per solved head: {len(heads)}, got {len(init)}")
     rows = kept_rows(loader)
-    use_amp = amp and device.type == "cuda"
-    was_training = net.training
-    net.train(train_mode)
     sync(device)
     t0 = time.perf_counter()
     kept = {} if buffers is None else buffers
@@ -71,14 +69,8 @@ def relabel(model: nn.Module, data, *, lam: float = 10.0, batch_size: int = 512,
         else:
             kept[h] = ScoreBuffer(rows, all_ks[h], lam, storage_dtype=storage_dtype, device=device)
     head_buffers = [kept[h] for h in heads]
-    seen: list[torch.Tensor] = []
-    for x, index in progress_bar(kept_batches(loader), progress, "scoring", total=len(loader)):
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            outputs = net(x)
-        for buffer, h in zip(head_buffers, heads):
-            buffer.add(outputs[h])
-        seen.append(index)
-    net.train(was_training)
+    scored = score_dataset(net, _with_index(kept_batches(loader)), outputs=(), into=dict(zip(heads, head_buffers)),
+                           train_mode=train_mode, amp=amp, in_order=False, device=device, progress=progress)
     sync(device)
     t1 = time.perf_counter()
     results, head_seconds = [], []
@@ -87,7 +79,7 @@ def relabel(model: nn.Module, data, *, lam: float = 10.0, batch_size: int = 512,
         results.append(self_label(buffer, tol=tol, max_iter=max_iter, init=start))
         sync(device)
         head_seconds.append(time.perf_counter() - t_head)
-    indices = torch.cat(seen)
+    indices = scored.index
     local = torch.stack([r.labels.cpu() for r in results])
     if dist_utils.get_world_size() > 1:
         full = dist_utils.all_gather_labels(local, indices, len(data))
@@ -107,23 +99,21 @@ def compute_features(model: nn.Module, data, *, batch_size: int = 512, device=No
                      loader=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of this rank's images without augmentation, and their positions: (n x D float32 CPU, n).
 
-    :func:`sela_edu.evaluation.extract_features` on this rank's shard (without the shard's padding).
+    :func:`sela_edu.evaluation.score_dataset` on this rank's shard (without the shard's padding).
     """
-    from sela_edu.evaluation import extract_features
-
     net = unwrap(model)
     device = next(net.parameters()).device if device is None else torch.device(device)
     if loader is None:
         loader = scoring_loader(data, batch_size, device, 0, 0)
-    seen: list[torch.Tensor] = []
+    scored = score_dataset(net, _with_index(kept_batches(loader)), outputs=("features",), in_order=False,
+                           device=device)
+    return scored["features"], scored.index
 
-    def images():
-        for x, index in kept_batches(loader):
-            seen.append(index)
-            yield x
 
-    feats = extract_features(net, images(), device=device)
-    return feats, torch.cat(seen)
+def _with_index(batches):
+    """``(x, index)`` batches as score_dataset reads them: ``(x, targets, index)``, no targets."""
+    for x, index in batches:
+        yield x, None, index
 
 
 __all__ = ['relabel', 'compute_features']
