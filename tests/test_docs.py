@@ -89,7 +89,6 @@ def _takes_sentence(name: str) -> str:
     return match.group(0) if match else ""
 
 
-@pytest.mark.xfail(strict=True, reason="Takes lines switched by the notebooks' owner")
 @pytest.mark.parametrize("name", [info.name for info in NOTEBOOKS])
 def test_notebook_takes_line_states_the_recorded_times(recorded, name):
     sentence = _takes_sentence(name)
