@@ -26,34 +26,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_label_folder import write_folder  # noqa: E402 - the training folder, as the label benchmark writes it
+from bench_label_folder import write_folder  # noqa: E402 - the folders, as the label benchmark writes them
 
 MODES = ("argmax", "equal", "prior")
-
-
-def write_test_folder(folder: Path, n: int, seed: int = 0) -> Path:
-    """n test-split images as PNGs (plus a non-image file and a corrupt PNG); returns the hidden-class CSV."""
-    from PIL import Image
-
-    from sela_edu.data import load_dataset
-
-    truth = folder.with_name(folder.name + "_hidden_classes.csv")
-    if truth.is_file() and folder.is_dir():
-        return truth
-    data = load_dataset("fashion-mnist", "test")
-    idx = np.random.default_rng(seed).choice(len(data), n, replace=False)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(truth, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "class"])
-        for j, i in enumerate(idx):
-            rel = f"part{j % 3}/test{j:05d}.png"
-            (folder / rel).parent.mkdir(exist_ok=True)
-            Image.fromarray(data.images[i, 0].numpy()).save(folder / rel)
-            writer.writerow([rel, int(data.targets[i])])
-    (folder / "README.txt").write_text("not an image\n")
-    (folder / "part1" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
-    return truth
 
 
 def run(cmd: list[str]) -> float:
@@ -96,7 +71,7 @@ def main(argv=None) -> int:
     work = Path(args.work)
     train_folder, test_folder = work / f"fashion{args.train_images}", work / f"fashion-test{args.test_images}"
     train_truth = write_folder(train_folder, args.train_images)
-    test_truth = write_test_folder(test_folder, args.test_images)
+    test_truth = write_folder(test_folder, args.test_images, split="test", stem="test", corrupt_in="part1")
     trained = work / f"label-{args.train_images}-{args.clusters.replace(',', '_')}-{args.epochs}"
     py = [sys.executable, "-m", "sela_edu"]
     label_cmd = py + ["label", str(train_folder), "--clusters", args.clusters, "--output", str(trained),

@@ -24,7 +24,10 @@ from pathlib import Path
 import numpy as np
 
 
-def write_folder(folder: Path, n: int, seed: int = 0) -> Path:
+def write_folder(folder: Path, n: int, seed: int = 0, *, split: str = "train", stem: str = "img",
+                 corrupt_in: str = "part0") -> Path:
+    """n Fashion-MNIST images of ``split`` as PNGs in three sub-folders, plus a non-image file and a corrupt
+    PNG (in ``corrupt_in``); returns the CSV of their hidden classes."""
     from PIL import Image
 
     from sela_edu.data import load_dataset
@@ -32,19 +35,19 @@ def write_folder(folder: Path, n: int, seed: int = 0) -> Path:
     truth = folder.with_name(folder.name + "_hidden_classes.csv")
     if truth.is_file() and folder.is_dir():
         return truth
-    data = load_dataset("fashion-mnist", "train")
+    data = load_dataset("fashion-mnist", split)
     idx = np.random.default_rng(seed).choice(len(data), n, replace=False)
     folder.mkdir(parents=True, exist_ok=True)
     with open(truth, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "class"])
         for j, i in enumerate(idx):
-            rel = f"part{j % 3}/img{j:05d}.png"
+            rel = f"part{j % 3}/{stem}{j:05d}.png"
             (folder / rel).parent.mkdir(exist_ok=True)
             Image.fromarray(data.images[i, 0].numpy()).save(folder / rel)
             writer.writerow([rel, int(data.targets[i])])
     (folder / "README.txt").write_text("not an image\n")
-    (folder / "part0" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    (folder / corrupt_in / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
     return truth
 
 
