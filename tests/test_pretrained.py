@@ -9,6 +9,7 @@ import torch
 import torchvision
 
 from sela_edu.apps import pretrained as pt
+from sela_edu.apps.pretrained.convert import without_data_parallel
 from sela_edu.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -51,7 +52,7 @@ def kit_alexnet():
 def test_official_alexnet_layout_maps_onto_the_kit(kit_alexnet):
     kit = kit_alexnet
     state = _official_alexnet(kit, rotation=True, data_parallel=True)
-    assert pt.detect_layout(pt._strip_module(state)) == "sela-alexnet"
+    assert pt.detect_layout(without_data_parallel(state)) == "sela-alexnet"
     model, info = pt.model_from_state_dict(state)
     assert info["arch"] == "alexnet" and info["head_sizes"] == [5, 5, 5]
     rot = info["rotation_head"]

@@ -1,0 +1,192 @@
+"""Loading a checkpoint file, or a released model by name, into a kit model (:class:`Pretrained`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sela_edu.apps.pretrained.convert import (convert_state_dict, detect_layout, model_from_state_dict,
+                                              without_data_parallel)
+from sela_edu.apps.pretrained.files import (download_to, fetch, is_offline, missing_file_error, read_torch_file,
+                                            record_sha, verify_file)
+from sela_edu.apps.pretrained.registry import (IMAGENET_MEAN, IMAGENET_STD, PretrainedError, ReleasedModel,
+                                               released_spec)
+from sela_edu.models import MultiHeadNet, build_model
+
+
+@dataclass
+class Pretrained:
+    """A loaded checkpoint: the kit's model (eval mode) and what came with it."""
+
+    model: MultiHeadNet
+    labels: torch.Tensor | None      # heads x N pseudo-labels stored in the checkpoint (ImageNet train order)
+    rotation_head: nn.Linear | None  # the +Rot model's 4-way head, when the file has one
+    arch: str
+    layout: str
+    path: Path | None
+    image_size: int = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    spec: ReleasedModel | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _labels_from(payload: Mapping[str, Any]) -> torch.Tensor | None:
+    for key in ("labels", "L"):
+        if key in payload and payload[key] is not None:
+            labels = torch.as_tensor(payload[key])
+            if labels.dim() == 1:
+                labels = labels.unsqueeze(0)
+            return labels.to(torch.int64).cpu()
+    return None
+
+
+def _state_from(payload: Any, path: Path) -> tuple[dict, torch.Tensor | None]:
+    if not isinstance(payload, Mapping):
+        raise PretrainedError(f"{path} holds a {type(payload).__name__}, not a state dict")
+    labels = _labels_from(payload)
+    for key in ("state_dict", "model"):
+        if key in payload and isinstance(payload[key], Mapping):
+            return dict(payload[key]), labels
+    tensors = {k: v for k, v in payload.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise PretrainedError(f"{path} holds no weights (keys {sorted(payload)[:8]})")
+    return tensors, labels
+
+
+def load_checkpoint_file(path: str | os.PathLike, *, layout: str = "auto", trust: bool = False,
+                         arch: str | None = None, image_size: int | None = None,
+                         in_channels: int | None = None) -> Pretrained:
+    """Load any checkpoint the kit understands into a kit model (eval mode).
+
+    Reads the official layouts and torchvision's ResNets (a bare state dict, or a dict with
+    ``state_dict`` and ``labels``/``L``), the kit's training checkpoints (``last.pt``: architecture,
+    image size and channels from its config) and kit models saved by ``sela-edu label``
+    (``{"build_kwargs", "state_dict"}``). A bare kit state dict (``sela-edu train``'s ``model.pt``) needs
+    ``arch``, ``image_size`` and ``in_channels``.
+    """
+    path = Path(path)
+    payload = _read_kit_checkpoint(path)
+    if payload is None:
+        payload = read_torch_file(path, trust=trust)
+    build = payload.get("build_kwargs") if isinstance(payload, Mapping) else None
+    state, labels = _state_from(payload, path)
+    if build is None and isinstance(payload, Mapping) and isinstance(payload.get("config"), Mapping):
+        build = _build_from_config(payload["config"], state)
+    if (layout == "auto" and detect_layout(without_data_parallel(state)) == "kit") or layout == "kit":
+        if build is None:
+            if arch is None or image_size is None or in_channels is None:
+                raise PretrainedError(f"{path} is a bare kit state dict: pass arch=, image_size= and in_channels= "
+                                      "(e.g. 'smallcnn', 28, 1 for the classroom preset)")
+            build = dict(arch=arch, image_size=image_size, in_channels=in_channels)
+        kit_state, info = convert_state_dict(state, "kit")
+        kw = {k: build[k] for k in ("arch", "in_channels", "image_size", "small_stem", "head_temperature")
+              if build.get(k) is not None}
+        model = build_model(num_heads=len(info["head_sizes"]), num_clusters=info["head_sizes"], **kw)
+        if "rotation_head.weight" in kit_state and hasattr(model, "add_rotation_head"):
+            model.add_rotation_head()
+        try:
+            model.load_state_dict(kit_state)
+        except RuntimeError as exc:
+            raise PretrainedError(f"{path} does not fit a kit {kw}: {str(exc).splitlines()[0]}") from exc
+        meta = payload.get("data") if isinstance(payload, Mapping) else None
+        mean, std = _kit_normalisation(meta, payload, kw["in_channels"])
+        return Pretrained(model.eval(), labels, None, kw["arch"], "kit", path, image_size=kw["image_size"],
+                          mean=mean, std=std, info={"build_kwargs": kw})
+    model, info = model_from_state_dict(state, layout, source=str(path))
+    return Pretrained(model, labels, info.pop("rotation_head"), info["arch"], info["layout"], path, info=info)
+
+
+def _read_kit_checkpoint(path: Path):
+    """The state of a kit training checkpoint (``save_checkpoint`` format), else None."""
+    from sela_edu.training import checkpoint as ckpt
+
+    try:
+        state = ckpt.load_checkpoint(path)
+    except ckpt.CheckpointError:   # not in the kit's format (a released file, a bare state dict): read it plainly
+        return None
+    return state if isinstance(state, Mapping) and "model" in state else None
+
+
+def _kit_normalisation(meta, payload, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std the kit model was trained with: stored by ``sela-edu label``, else the training data
+    set's (a training checkpoint's config), else ImageNet's (3 channels) or 0.5 / 0.25."""
+    if isinstance(meta, Mapping) and "mean" in meta and "std" in meta:
+        return tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"])
+    config = payload.get("config") if isinstance(payload, Mapping) else None
+    if isinstance(config, Mapping):
+        from sela_edu.data.datasets import DATASET_INFO, _canonical_name
+
+        try:
+            info = DATASET_INFO[_canonical_name(config.get("dataset", ""))]
+            return tuple(info["mean"]), tuple(info["std"])
+        except (ValueError, KeyError):
+            pass
+    if channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return (0.5,) * channels, (0.25,) * channels
+
+
+def _build_from_config(config: Mapping[str, Any], state: Mapping[str, Any]) -> dict | None:
+    from sela_edu.data.datasets import DATASET_INFO, _canonical_name
+    from sela_edu.training import resolve_arch
+
+    try:
+        info = DATASET_INFO[_canonical_name(config.get("dataset", ""))]
+    except (ValueError, KeyError):
+        return None
+    size = config.get("image_size") or info["image_size"]
+    return dict(arch=resolve_arch(config.get("arch", "smallcnn"), size), image_size=size,
+                in_channels=info["num_channels"], head_temperature=config.get("head_temperature"))
+
+
+def load_released(name: str, *, cache: str | os.PathLike | None = None, offline: bool | None = None,
+                  progress: bool = True) -> Pretrained:
+    """Download (once) and load a released checkpoint by name (see :data:`RELEASED`, :func:`list_released`).
+
+    Returns a :class:`Pretrained`: the kit model in eval mode, ready for
+    :func:`sela_edu.evaluation.extract_features` on 224 px ImageNet-normalised images; its heads are
+    the trained clustering heads; ``labels`` holds the ImageNet pseudo-labels stored in the file (the
+    torchvision-format files), else None.
+    """
+    spec = released_spec(name)
+    path = fetch(spec.name, cache=cache, offline=offline, progress=progress)
+    digest = verify_file(path, spec.sha256)
+    result = load_checkpoint_file(path, layout=spec.layout)
+    if result.arch != spec.arch:
+        raise PretrainedError(f"{path} holds a {result.arch}, the registry expects a {spec.arch}")
+    record_sha(path, digest)
+    result.spec = spec
+    result.info["sha256"] = digest
+    return result
+
+
+_TORCH_HOME_HINT = "set $TORCH_HOME so that $TORCH_HOME/hub/checkpoints holds it"
+
+
+def torchvision_backbone(arch: str, *, progress: bool = True, offline: bool | None = None) -> MultiHeadNet:
+    """A kit model whose backbone holds torchvision's ImageNet-supervised weights (resnet18 or resnet50),
+    downloaded into torch's hub cache; offline, an error names the URL and the path."""
+    import torchvision
+
+    if arch not in ("resnet18", "resnet50"):
+        raise ValueError(f"torchvision backbones: resnet18 or resnet50, got {arch!r}")
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    what = f"torchvision's {arch} weights"
+    if not target.is_file():
+        if is_offline(offline):
+            raise missing_file_error(what, weights.url, target, "offline", _TORCH_HOME_HINT)
+        try:
+            download_to(weights.url, target, progress)
+        except OSError as exc:
+            raise missing_file_error(what, weights.url, target, str(exc), _TORCH_HOME_HINT) from exc
+    state = read_torch_file(target)
+    model, _ = model_from_state_dict(state, "torchvision", source=str(target))
+    return model
