@@ -127,7 +127,9 @@ def test_answers_are_absent_from_the_package():
     """The modules students import to check their work hold no reference answer, and no file of the package
     holds the instructor material. (The kit's public functions that an exercise re-derives, such as
     metrics.cluster_accuracy for 06, are part of the course, not an answer key.)"""
-    checking = _lines_of([PACKAGE / "exercises.py", PACKAGE / "editions.py"])
+    checkers = sorted((PACKAGE / "exercises").glob("*.py"))      # the exercises package, every module
+    assert checkers
+    checking = _lines_of([*checkers, PACKAGE / "editions.py"])
     assert sorted(_solution_lines() & checking) == []
     assert sorted(_material_lines() & _lines_of(PACKAGE.rglob("*.py"))) == []
     assert not (PACKAGE / "instructor").exists() and not list(PACKAGE.rglob("hidden_tests"))

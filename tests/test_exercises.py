@@ -272,8 +272,14 @@ def test_every_checker_turns_a_stub_into_the_not_written_hint(name):
 
 
 def test_the_package_ships_no_reference_answers():
-    """No private reference implementation of an exercise in the module students import."""
-    names = [n for n in dir(exercises) if n.startswith("_reference")]
+    """No private reference implementation of an exercise in the modules students import."""
+    import importlib
+    import pkgutil
+
+    modules = [exercises] + [importlib.import_module(f"{exercises.__name__}.{m.name}")
+                             for m in pkgutil.iter_modules(exercises.__path__)]
+    assert len(modules) > 2                                  # the package and its checker modules
+    names = [f"{m.__name__}.{n}" for m in modules for n in dir(m) if n.startswith("_reference")]
     assert names == []
 
 

@@ -40,7 +40,7 @@ TENSOR_SHY = {"02_self_labelling_objective_marginal_errors": '''def marginal_err
         raise TypeError("this answer takes numpy arrays only")
     n, k = Q.shape
     return np.abs(Q.sum(axis=1) - 1 / n).max(), np.abs(Q.sum(axis=0) - 1 / k).max()'''}
-#: the kit's hint for an exercise not written yet (exercises._call)
+#: the kit's hint for an exercise not written yet (exercises.checking.call_answer)
 UNWRITTEN_HINT = "is not written yet: replace the `# YOUR CODE HERE` stub"
 
 
