@@ -2,7 +2,7 @@
 
 The names a notebook or a script needs, each from the sub-package that holds it::
 
-    from sela_edu import self_label, train, config_from_preset, load_dataset, frozen_evaluation, nmi
+    from sela_edu import self_label, train, config_from_preset, load_dataset, evaluate, nmi
 
 * :mod:`sela_edu.labelling`: the label step (optimal transport to equal-sized clusters);
 * :mod:`sela_edu.training`: configuration, presets, the training loop and its methods;
@@ -29,8 +29,8 @@ _PUBLIC = {
     "load_dataset": "data", "make_loader": "data", "available": "data", "how_to_get": "data",
     "ensure_dataset": "data",
     "build_model": "models",
-    "frozen_evaluation": "evaluation", "knn_accuracy": "evaluation", "linear_probe": "evaluation",
-    "extract_features": "evaluation", "weighted_knn": "evaluation",
+    "evaluate": "evaluation", "score_dataset": "evaluation", "knn_accuracy": "evaluation",
+    "linear_probe": "evaluation", "weighted_knn": "evaluation",
     "nmi": "evaluation.metrics", "adjusted_nmi": "evaluation.metrics", "ari": "evaluation.metrics",
     "cluster_accuracy": "evaluation.metrics", "cluster_size_spread": "evaluation.metrics",
     "browse": "course.browser", "compare": "course.verdicts",

@@ -7,8 +7,8 @@ from torch import nn
 
 from sela_edu.training import kmeans_labels
 from sela_edu.data import ImageData, make_loader
-from sela_edu.evaluation import (evaluate, extract_features, frozen_evaluation, knn_accuracy, linear_probe,
-                                 pca_project, score_dataset, weighted_knn)
+from sela_edu.evaluation import (evaluate, knn_accuracy, linear_probe, pca_project, score_dataset,
+                                 weighted_knn)
 from sela_edu.evaluation.metrics import ari, cluster_accuracy, nmi
 from sela_edu.labelling import ScoreBuffer, self_label
 from sela_edu.models import build_model
@@ -17,7 +17,11 @@ from sela_edu.models import build_model
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-# --------------------------------------------------------------------------- extract_features
+# --------------------------------------------------------------------------- score_dataset's features
+
+
+def features(model, data, **kwargs):
+    return score_dataset(model, data, outputs="features", **kwargs)["features"]
 
 class ShuffledLoader:
     """Batches (x, targets, index) in a shuffled order, like the data contract's training loader."""
@@ -47,45 +51,44 @@ def tiny():
     return model, images, targets
 
 
-def test_extract_features_uses_index_and_eval_mode(tiny):
+def test_features_use_index_and_eval_mode(tiny):
     model, images, targets = tiny
     model.train()
     with torch.no_grad():
         expected = model.eval().features(images)
     model.train()
-    feats, ys = extract_features(model, ShuffledLoader(images, targets, 5), return_targets=True)
+    scored = score_dataset(model, ShuffledLoader(images, targets, 5), outputs="features")
+    feats, ys = scored["features"], scored.targets
     assert model.training  # mode restored
     assert feats.shape == (23, model.feature_dim) and feats.dtype == torch.float32
     torch.testing.assert_close(feats, expected, rtol=1e-4, atol=1e-5)
     assert torch.equal(ys, targets)
     # A plain tensor, batched here, gives the same rows.
-    torch.testing.assert_close(extract_features(model, images, batch_size=4), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(features(model, images, batch_size=4), expected, rtol=1e-4, atol=1e-5)
     # (x, targets) batches without an index are taken in order.
     batches = [(images[i:i + 6], targets[i:i + 6]) for i in range(0, 23, 6)]
-    torch.testing.assert_close(extract_features(model, batches), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(features(model, batches), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_extract_features_plain_module_is_deterministic():
+def test_features_of_a_plain_module_are_deterministic():
     net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Dropout(0.5)).train()
     x = torch.randn(10, 1, 2, 2)
-    a, b = extract_features(net, x), extract_features(net, x)
+    a, b = features(net, x), features(net, x)
     assert torch.equal(a, b)  # dropout off
     torch.testing.assert_close(a, net[1](x.flatten(1)).detach())
 
 
-def test_extract_features_bad_inputs(tiny):
+def test_features_bad_inputs(tiny):
     model, images, targets = tiny
     dup = [(images[:4], targets[:4], torch.tensor([0, 1, 2, 2]))]
     with pytest.raises(ValueError, match="exactly once"):
-        extract_features(model, dup)
+        features(model, dup)
     with pytest.raises(ValueError, match="uint8|float"):
-        extract_features(model, (images * 10).to(torch.uint8))
-    with pytest.raises(ValueError, match="targets"):
-        extract_features(model, images, return_targets=True)
+        features(model, (images * 10).to(torch.uint8))
     with pytest.raises(ValueError, match="several heads"):
-        extract_features(_ListModel(), images)
+        features(_ListModel(), images)
     with pytest.raises(ValueError, match="no batches"):
-        extract_features(model, [])
+        features(model, [])
 
 
 class _ListModel(nn.Module):
@@ -238,7 +241,7 @@ def test_evaluate_is_knn_probe_and_head_metrics_on_the_scored_layers(tiny, split
     assert table["head0_nmi"] == result.heads[0]["nmi"]
 
 
-def test_evaluate_pca_is_for_the_knn_only_and_frozen_evaluation_is_its_percent(tiny, split):
+def test_evaluate_pca_is_for_the_knn_only_and_accuracies_are_its_percent(tiny, split):
     model, (train, test) = tiny[0], split
     result = evaluate(model, train, test, knn_k=5, pca_dim=4, heads=False)
     tr = score_dataset(model, train, outputs="features")["features"]
@@ -247,8 +250,12 @@ def test_evaluate_pca_is_for_the_knn_only_and_frozen_evaluation_is_its_percent(t
     assert result.knn["features"][5] == knn_accuracy(ptr, train.targets, pte, test.targets, k=5)
     assert result.linear["features"] == linear_probe(tr, train.targets, te, test.targets).accuracy
     assert result.heads == []
-    assert frozen_evaluation(model, train, test, knn_k=5, pca_dim=4) == {
-        "knn": 100.0 * result.knn["features"][5], "linear": 100.0 * result.linear["features"]}
+    assert result.accuracies() == {"knn": 100.0 * result.knn["features"][5],
+                                   "linear": 100.0 * result.linear["features"]}
+    no_probe = evaluate(model, train, test, knn_k=[5, 7], probe=False, heads=False)
+    assert no_probe.accuracies(k=7) == {"knn": 100.0 * no_probe.knn["features"][7]}
+    with pytest.raises(ValueError, match="say which k"):
+        no_probe.accuracies()
 
 
 def test_evaluate_takes_loaders_and_refuses_what_it_cannot_measure(tiny, split):

@@ -13,7 +13,7 @@ import torch
 
 from sela_edu.course.profiles import checkpoint_folder
 from sela_edu.data import heavy_imbalance, light_imbalance
-from sela_edu.evaluation import frozen_evaluation
+from sela_edu.evaluation import evaluate
 from sela_edu.training import train
 
 #: the imbalance settings of the paper's Table 3, in the order the notebook draws them
@@ -44,7 +44,7 @@ def method_config(base, method: str, num_classes: int):
 
 def imbalance_study(data, subsets: dict[str, torch.Tensor], base, methods, *, evaluation_split, test,
                     knn_k: int, output_dir) -> dict[str, dict[str, dict]]:
-    """Train each method on each subset of ``data`` and score it with ``frozen_evaluation`` on the same
+    """Train each method on each subset of ``data`` and score it with the kit's ``evaluate`` on the same
     balanced ``evaluation_split`` and ``test``: ``table[setting][method] = {"knn": %, "linear": %}``.
 
     Each run checkpoints under ``output_dir`` (tagged by setting), so a re-run resumes instead of
@@ -59,8 +59,8 @@ def imbalance_study(data, subsets: dict[str, torch.Tensor], base, methods, *, ev
             cfg = method_config(base, method, len(data.classes))
             cfg.checkpoint_dir = str(checkpoint_folder(cfg, output_dir, tag=f"05{setting}"))
             run = train(cfg, part, progress=False)
-            table.setdefault(setting, {})[method] = frozen_evaluation(run.model, evaluation_split, test,
-                                                                      knn_k=knn_k)
+            measured = evaluate(run.model, evaluation_split, test, knn_k=knn_k, heads=False)
+            table.setdefault(setting, {})[method] = measured.accuracies()
     return table
 
 

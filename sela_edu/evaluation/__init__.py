@@ -7,15 +7,13 @@ from .scoring import DatasetScores, score_dataset
 from .protocol import (
     Evaluation,
     evaluate,
-    extract_features,
     weighted_knn,
     knn_accuracy,
     pca_project,
     linear_probe,
     LinearProbe,
     LinearProbeResult,
-    frozen_evaluation,
 )
 
-__all__ = ["DatasetScores", "score_dataset", "Evaluation", "evaluate", "extract_features", "weighted_knn",
-           "knn_accuracy", "pca_project", "linear_probe", "LinearProbe", "LinearProbeResult", "frozen_evaluation"]
+__all__ = ["DatasetScores", "score_dataset", "Evaluation", "evaluate", "weighted_knn", "knn_accuracy", "pca_project",
+           "linear_probe", "LinearProbe", "LinearProbeResult"]

@@ -4,8 +4,6 @@ The protocols of the SeLa paper, as small functions that take tensors and return
 
 * :func:`evaluate`: the kit's one evaluation protocol (below), used by the notebooks, the trainer and the
   study: weighted kNN and linear probe on the layers asked for, and the heads' NMI / ARI / accuracy.
-* :func:`extract_features`: the ``N x D`` feature matrix of a model on a data set, in data-set order
-  (:func:`~sela_edu.evaluation.scoring.score_dataset`'s ``"features"``).
 * :func:`weighted_knn` / :func:`knn_accuracy`: the weighted k-nearest-neighbour classifier of Wu et al.
   (2018, instance discrimination), used by SeLa on CIFAR: L2-normalised features, cosine similarity,
   each of the k nearest training images votes for its class with weight ``exp(similarity / sigma)``.
@@ -60,22 +58,6 @@ def _num_classes(num_classes: int | None, *labels: torch.Tensor) -> int:
     if num_classes < needed:
         raise ValueError(f"num_classes={num_classes} but the labels go up to {needed - 1}")
     return int(num_classes)
-
-
-# --------------------------------------------------------------------------- feature extraction
-
-def extract_features(model: nn.Module, data, device: str | torch.device | None = None, *,
-                     batch_size: int = 256, return_targets: bool = False, progress: bool = False):
-    """Features of every image in data-set order: the ``"features"`` matrix of
-    :func:`~sela_edu.evaluation.scoring.score_dataset` (``model.features``, or ``model(x)`` for a module
-    without one), in eval mode. With ``return_targets=True``, ``(features, targets)``."""
-    scored = score_dataset(model, data, outputs=("features",), device=device, batch_size=batch_size,
-                           progress=progress)
-    if not return_targets:
-        return scored["features"]
-    if scored.targets is None:
-        raise ValueError("return_targets=True needs batches with targets; these carry none")
-    return scored["features"], scored.targets
 
 
 # --------------------------------------------------------------------------- weighted kNN
@@ -281,6 +263,19 @@ class Evaluation:
         out.update({f"head{h}_{name}": value for h, row in enumerate(self.heads) for name, value in row.items()})
         return out
 
+    def accuracies(self, layer: str = "features", k: int | None = None) -> dict[str, float]:
+        """``{"knn": %, "linear": %}`` on one layer (k: the only one measured, unless given), the pair the
+        notebooks print and compare; ``"linear"`` only when the probe ran."""
+        by_k = self.knn[layer]
+        if k is None:
+            if len(by_k) != 1:
+                raise ValueError(f"kNN was measured at k = {sorted(by_k)}: say which k")
+            k = next(iter(by_k))
+        out = {"knn": 100.0 * by_k[k]}
+        if layer in self.linear:
+            out["linear"] = 100.0 * self.linear[layer]
+        return out
+
 
 def _scored_with_targets(model, data, outputs, batch_size, device, which: str):
     scored = score_dataset(model, data, outputs=outputs, batch_size=batch_size, device=device)
@@ -342,17 +337,5 @@ def evaluate(model: nn.Module, train, test, *, layers: str | Sequence[str] = ("f
     return Evaluation(knn, linear, head_rows, time.perf_counter() - t0)
 
 
-def frozen_evaluation(model, train_data, test_data, *, knn_k: int = 200, pca_dim: int | None = None,
-                      linear: bool = True, batch_size: int = 512, device=None) -> dict[str, float]:
-    """``{"knn": %, "linear": %}`` of :func:`evaluate` on the ``features`` layer (k = ``knn_k``), the
-    shape notebooks 03-06 print. New code calls :func:`evaluate`."""
-    result = evaluate(model, train_data, test_data, knn_k=knn_k, pca_dim=pca_dim, probe=linear, heads=False,
-                      batch_size=batch_size, device=device)
-    out = {"knn": 100.0 * result.knn["features"][knn_k]}
-    if linear:
-        out["linear"] = 100.0 * result.linear["features"]
-    return out
-
-
-__all__ = ["extract_features", "weighted_knn", "knn_accuracy", "pca_project", "linear_probe",
-           "LinearProbe", "LinearProbeResult", "Evaluation", "evaluate", "frozen_evaluation"]
+__all__ = ["weighted_knn", "knn_accuracy", "pca_project", "linear_probe", "LinearProbe", "LinearProbeResult",
+           "Evaluation", "evaluate"]
