@@ -2,6 +2,7 @@
 table, and one real run of a notebook through the series runner."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -317,11 +318,14 @@ def test_refreshed_notebook_saves_its_figures_where_asked(tmp_path):
 
 
 def test_series_hands_the_kernels_an_absolute_data_root(tmp_path, monkeypatch):
-    # the kernels run in notebooks/: a relative --data-root must reach them resolved from where it was given
-    from sela_edu.course import runner
+    # the kernels run in notebooks/: a relative --data-root must reach them resolved from where it was given,
+    # and by one route only, the environment (not also as a papermill parameter)
+    import papermill
 
     seen = []
-    monkeypatch.setattr(runner, "execute_notebook", lambda name, target, params, **kw: seen.append(params))
+    monkeypatch.setattr(papermill, "execute_notebook", lambda src, dst, parameters, **kw: seen.append(
+        (parameters, os.environ.get(settings.DATA_ROOT_ENV))))
     monkeypatch.chdir(tmp_path)
-    runner.run_series("smoke", tmp_path / "run", only=["01"], data_root="rel/data", progress=False, pages=False)
-    assert seen and seen[0]["data_root"] == str(tmp_path / "rel" / "data")
+    course.run_series("smoke", tmp_path / "run", only=["01"], data_root="rel/data", progress=False, pages=False)
+    assert seen and seen[0][1] == str(tmp_path / "rel" / "data")
+    assert "data_root" not in seen[0][0]

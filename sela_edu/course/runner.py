@@ -401,9 +401,8 @@ def run_series(profile: str = "classroom", output: str | os.PathLike = "results/
     try:
         for info in chosen:
             weight = round(info.expected_seconds(profile))
+            # the data location travels one way only, as $SELA_DATA_ROOT (execute_notebook makes it absolute)
             params = {"profile": profile, "output_dir": str(output), **dict(parameters or {})}
-            if data_root:   # absolute: the kernels run in the notebooks' folder, not here
-                params["data_root"] = _absolute(data_root)
             needed = info.required_dataset(profile, params)
             if needed and not available(needed, data_root):
                 where = Path(data_root) if data_root else settings.data_root()
