@@ -145,3 +145,34 @@ def test_browse_falls_back_to_a_static_figure(tiny, monkeypatch, tmp_path):
     fig = browser.static_figure(0, clusters=[0, 1], per_cluster=3)
     labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
     assert len(labels) == 2 and labels[0].startswith("cluster 0\nn = ") and "purity" in labels[0]
+
+
+def test_cluster_numbers_need_no_widgets(tiny):
+    """The data part (cluster_views) stands alone: it loads neither ipywidgets nor matplotlib, and gives one
+    cluster's numbers from the views, the targets and their names."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, sela_edu.course.cluster_views; "
+             "print(sorted(m for m in ('ipywidgets', 'matplotlib', 'IPython') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+    from sela_edu.course import cluster_views
+
+    model, data = tiny
+    labels = cb.from_model(model, data, lam=10.0, draw=False).views[1].labels
+    views = cluster_views.head_views(labels=labels[None], weights=[model.heads[1].weight.detach()])
+    targets = data.targets.numpy()
+    for cluster in range(5):
+        st = cluster_views.cluster_state(views, 0, cluster, shown=4, num_neighbours=2, targets=targets,
+                                         classes=data.classes, least_confident=True)
+        members = np.flatnonzero(views[0].labels == cluster)
+        assert st["size"] == members.size and st["members"] == members[:4].tolist()   # no confidence: data order
+        assert st["confidence"] is None and len(st["neighbours"]) == 2
+        if members.size:
+            counts = np.bincount(targets[members], minlength=3)
+            assert st["make_up"][0] == (data.classes[counts.argmax()], counts.max())
+            assert st["purity"] == pytest.approx(counts.max() / members.size)
+    with pytest.raises(ValueError, match="clusters 0..4, not 5"):
+        cluster_views.cluster_state(views, 0, 5, shown=4, num_neighbours=2)

@@ -13,7 +13,8 @@ released model's, say). For one cluster it shows
 * the **clusters most like it**: cosine similarity of the head's weight vectors, of the clusters'
   mean (centred) features, or of their mean soft assignments.
 
-In JupyterLab, :func:`browse` shows widgets; where there is no widget front end (papermill, nbval,
+The numbers are computed in :mod:`sela_edu.course.cluster_views` (no widgets needed); this module draws
+them. In JupyterLab, :func:`browse` shows widgets; where there is no widget front end (papermill, nbval,
 ``$SELA_STATIC_FIGURES``, plain Python) it draws the same information as one static figure.
 
 Example (notebook 03)::
@@ -29,10 +30,14 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+# The numbers come from cluster_views; they stay importable from here, where notebooks and callers find them.
+from sela_edu.course import cluster_views
+from sela_edu.course.cluster_views import (SIMILARITIES, HeadView, cluster_similarity, head_views, soft_assignment,
+                                           to_numpy)
 
 __all__ = [
     "HeadView",
@@ -44,179 +49,6 @@ __all__ = [
     "from_scores",
     "browse",
 ]
-
-SIMILARITIES = ("weights", "features", "scores")
-
-
-def _numpy(x, dtype=None) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        x = x.double().numpy() if x.is_floating_point() else x.numpy()
-    return np.asarray(x, dtype=dtype)
-
-
-def soft_assignment(scores, potential, lam: float) -> np.ndarray:
-    """The transport plan's rows, normalised: ``q_ik = softmax_k(lam * scores_ik + potential_k)`` (N x K).
-
-    ``potential`` is :attr:`~sela_edu.labelling.SelfLabelResult.cluster_potential`; with it, each row is
-    the plan's row rescaled to sum to 1, and its argmax is the hard label the solver returned.
-    """
-    s = _numpy(scores, float)
-    pot = _numpy(potential, float).ravel()
-    if s.ndim != 2 or pot.shape != (s.shape[1],):
-        raise ValueError(f"need N x K scores and a K-vector potential, got {s.shape} and {pot.shape}")
-    z = lam * s + pot[None, :]
-    z -= z.max(axis=1, keepdims=True)
-    q = np.exp(z)
-    q /= q.sum(axis=1, keepdims=True)
-    return q
-
-
-def _cosine(rows: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    unit = rows / np.where(norms > 0, norms, 1.0)
-    return unit @ unit.T
-
-
-def cluster_similarity(kind: str, *, labels=None, num_clusters: int | None = None, weights=None, features=None,
-                       soft=None) -> np.ndarray:
-    """K x K cosine similarity between clusters.
-
-    ``"weights"``: of the head's weight vectors (K x D, ``head.weight``), free once a model exists.
-    ``"features"``: of the clusters' mean features (features centred by their overall mean first,
-    since ReLU features all point into one orthant), needs ``features`` (N x D) and ``labels``.
-    ``"scores"``: of the clusters' mean soft assignments (needs ``soft``, N x K, and ``labels``): two
-    clusters are alike when the plan hesitates between them for the same images.
-    An empty cluster gets similarity 0 to every other.
-    """
-    if kind == "weights":
-        if weights is None:
-            raise ValueError("similarity 'weights' needs the head's weight matrix (K x D)")
-        return _cosine(_numpy(weights, float))
-    if kind not in ("features", "scores"):
-        raise ValueError(f"unknown similarity {kind!r}; choose one of {', '.join(SIMILARITIES)}")
-    source = features if kind == "features" else soft
-    if source is None or labels is None:
-        raise ValueError(f"similarity {kind!r} needs labels and the {'features' if kind == 'features' else 'soft assignment'}")
-    x = _numpy(source, float)
-    lab = _numpy(labels).astype(np.int64).ravel()
-    k = int(num_clusters if num_clusters is not None else lab.max() + 1)
-    if kind == "features":
-        x = x - x.mean(axis=0, keepdims=True)
-    sums = np.zeros((k, x.shape[1]))
-    np.add.at(sums, lab, x)
-    counts = np.bincount(lab, minlength=k)[:, None]
-    return _cosine(sums / np.maximum(counts, 1))
-
-
-@dataclass
-class HeadView:
-    """What the browser knows about one head: a label per image, how confidently the plan gives it,
-    and how alike the clusters are."""
-
-    labels: np.ndarray                  #: int64, N
-    num_clusters: int
-    similarity: np.ndarray              #: K x K
-    confidence: np.ndarray | None = None  #: N, the soft assignment of each image to its own cluster
-    similarity_kind: str = ""
-    _members: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        self.labels = _numpy(self.labels).astype(np.int64).ravel()
-        if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= self.num_clusters):
-            raise ValueError(f"labels must lie in [0, {self.num_clusters}), got "
-                             f"[{self.labels.min()}, {self.labels.max()}]")
-        self.similarity = _numpy(self.similarity, float)
-        if self.similarity.shape != (self.num_clusters, self.num_clusters):
-            raise ValueError(f"similarity must be K x K = {self.num_clusters} x {self.num_clusters}, "
-                             f"got {self.similarity.shape}")
-        if self.confidence is not None:
-            self.confidence = _numpy(self.confidence, float).ravel()
-            if self.confidence.shape != self.labels.shape:
-                raise ValueError("need one confidence per label")
-
-    @property
-    def sizes(self) -> np.ndarray:
-        return np.bincount(self.labels, minlength=self.num_clusters)
-
-    def members(self, cluster: int, *, least_confident: bool = False) -> np.ndarray:
-        """Image positions in ``cluster``, most confident first (or least, or in data order when the
-        confidence is unknown)."""
-        key = (int(cluster), bool(least_confident))
-        if key not in self._members:
-            idx = np.flatnonzero(self.labels == cluster)
-            if self.confidence is not None:
-                conf = self.confidence[idx]
-                idx = idx[np.argsort(conf if least_confident else -conf, kind="stable")]
-            self._members[key] = idx
-        return self._members[key]
-
-    def neighbours(self, cluster: int, n: int = 5) -> list[tuple[int, float]]:
-        """The ``n`` clusters most like ``cluster`` (not itself), as (cluster, cosine similarity)."""
-        sim = self.similarity[int(cluster)].copy()
-        sim[int(cluster)] = -np.inf
-        order = np.argsort(-sim, kind="stable")[: max(0, min(n, self.num_clusters - 1))]
-        return [(int(j), float(sim[j])) for j in order]
-
-
-def head_views(scores=None, *, lam: float = 10.0, labels=None, potentials=None, weights=None, features=None,
-               similarity: str | None = None, num_clusters: Sequence[int] | None = None) -> list[HeadView]:
-    """One :class:`HeadView` per head from whatever is known.
-
-    ``scores``: one N x K matrix per head (or a single matrix). Without ``potentials`` the label step
-    is solved here (:func:`~sela_edu.labelling.self_label`, at ``lam``) for the cluster potentials; its
-    labels are used unless ``labels`` (num_heads x N, e.g. a released labelling) are given.
-    Without scores, ``labels`` alone give sizes, make-up and (with ``features`` or ``weights``)
-    neighbours, but no confidence order. ``similarity``: one of :data:`SIMILARITIES`, default
-    ``"features"`` when features are given, else ``"weights"``, else ``"scores"``.
-    """
-    from sela_edu.labelling import self_label
-
-    if scores is not None and not isinstance(scores, (list, tuple)):
-        scores = [scores]
-    if labels is not None:
-        labels = _numpy(labels).astype(np.int64)
-        labels = labels[None, :] if labels.ndim == 1 else labels
-    if scores is None and labels is None:
-        raise ValueError("give scores (one N x K matrix per head) or labels (num_heads x N), or both")
-    num_heads = len(scores) if scores is not None else labels.shape[0]
-    if labels is not None and labels.shape[0] != num_heads:
-        raise ValueError(f"labels have {labels.shape[0]} heads, the scores {num_heads}")
-    if weights is not None and len(weights) != num_heads:
-        raise ValueError(f"got {len(weights)} weight matrices for {num_heads} heads")
-    if potentials is not None and (scores is None or len(potentials) != num_heads):
-        raise ValueError("potentials need scores, one K-vector per head")
-    if similarity is None:
-        similarity = "features" if features is not None else "weights" if weights is not None else "scores"
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"unknown similarity {similarity!r}; choose one of {', '.join(SIMILARITIES)}")
-
-    views = []
-    for h in range(num_heads):
-        soft = None
-        if scores is not None:
-            s = torch.as_tensor(scores[h]).float()
-            pot = potentials[h] if potentials is not None else None
-            lab = labels[h] if labels is not None else None
-            if pot is None:
-                solved = self_label(s, lam)
-                pot = solved.cluster_potential
-                lab = solved.labels.cpu().numpy() if lab is None else lab
-            soft = soft_assignment(s, pot, lam)
-            if lab is None:
-                lab = soft.argmax(axis=1)
-            k = s.shape[1]
-        else:
-            lab = labels[h]
-            k = int(num_clusters[h]) if num_clusters is not None else (
-                weights[h].shape[0] if weights is not None else int(lab.max()) + 1)
-        lab = np.asarray(lab, dtype=np.int64)
-        confidence = soft[np.arange(lab.size), lab] if soft is not None else None
-        kind = similarity if not (similarity == "scores" and soft is None) else "weights"
-        sim = cluster_similarity(kind, labels=lab, num_clusters=k,
-                                 weights=None if weights is None else weights[h], features=features, soft=soft)
-        views.append(HeadView(lab, k, sim, confidence, kind))
-    return views
 
 
 def _thumb(img: np.ndarray) -> np.ndarray:
@@ -245,10 +77,10 @@ class ClusterBrowser:
         n = self.views[0].labels.size
         if any(v.labels.size != n for v in self.views):
             raise ValueError("every head must label the same images")
-        self.images = None if images is None else _numpy(images)
+        self.images = None if images is None else to_numpy(images)
         if self.images is not None and (self.images.ndim != 4 or self.images.shape[0] != n):
             raise ValueError(f"images must be N x C x H x W with N = {n}, got shape {self.images.shape}")
-        self.targets = None if targets is None else _numpy(targets).astype(np.int64).ravel()
+        self.targets = None if targets is None else to_numpy(targets).astype(np.int64).ravel()
         if self.targets is not None and self.targets.size != n:
             raise ValueError(f"need {n} targets, got {self.targets.size}")
         num_classes = 0 if self.targets is None else int(self.targets.max()) + 1
@@ -265,32 +97,11 @@ class ClusterBrowser:
     # ---------------------------------------------------------------- what is shown (no widgets needed)
 
     def cluster_state(self, head: int, cluster: int, least_confident: bool = False) -> dict:
-        """Everything the browser shows for one cluster, as plain Python values."""
-        view = self.views[head]
-        if not 0 <= cluster < view.num_clusters:
-            raise ValueError(f"head {head} has clusters 0..{view.num_clusters - 1}, not {cluster}")
-        members = view.members(cluster, least_confident=least_confident)
-        shown = members[: self.per_page]
-        state = {
-            "head": head,
-            "cluster": cluster,
-            "size": int(members.size),
-            "equal_share": view.labels.size / view.num_clusters,
-            "members": shown.tolist(),
-            "confidence": None if view.confidence is None else view.confidence[shown].round(4).tolist(),
-            "mean_confidence": (None if view.confidence is None or not members.size
-                                else float(view.confidence[members].mean())),
-            "neighbours": view.neighbours(cluster, self.num_neighbours),
-            "similarity": view.similarity_kind,
-            "purity": None,
-            "make_up": None,
-        }
-        if self.targets is not None and members.size:
-            counts = np.bincount(self.targets[members], minlength=len(self.classes))
-            order = np.argsort(-counts, kind="stable")
-            state["make_up"] = [(self.classes[c], int(counts[c])) for c in order if counts[c] > 0]
-            state["purity"] = float(counts.max() / members.size)
-        return state
+        """Everything the browser shows for one cluster, as plain Python values (see
+        :func:`~sela_edu.course.cluster_views.cluster_state`)."""
+        return cluster_views.cluster_state(self.views, head, cluster, shown=self.per_page,
+                                           num_neighbours=self.num_neighbours, targets=self.targets,
+                                           classes=self.classes, least_confident=least_confident)
 
     @property
     def state(self) -> dict:
