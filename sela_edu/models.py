@@ -26,6 +26,11 @@ Architectures (``ARCHS``):
     3x3, BatchNorm, ReLU) with early stride 2 where the image is big enough, global average pooling and
     a Linear(128, 256) + BatchNorm + ReLU feature layer (256-d). Works from 8 px (scikit-learn digits)
     to 28 px (Fashion-MNIST) and beyond; about 4.6 M multiply-adds per 28 px image.
+``"feature-mlp"``
+    Heads on a frozen backbone's feature vectors (``sela-edu label --backbone``): its input is an
+    N x ``in_features`` batch of standardised features (:class:`~sela_edu.data.features.FeatureData`),
+    not images, and its "backbone" one hidden layer, Linear(in_features, 512) + BatchNorm + ReLU, so
+    that the heads can draw non-linear cluster boundaries in the frozen feature space.
 """
 
 from __future__ import annotations
@@ -37,7 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHS = ("smallcnn", "alexnet", "alexnet32", "resnet18", "resnet50")
+ARCHS = ("smallcnn", "alexnet", "alexnet32", "resnet18", "resnet50", "feature-mlp")
+#: The architectures that read feature vectors (N x D) instead of images.
+FEATURE_ARCHS = ("feature-mlp",)
+#: Width of feature-mlp's hidden layer (what its heads read).
+FEATURE_MLP_HIDDEN = 512
 
 #: Smallest image side each architecture accepts: below it the last conv stage has no real pixels
 #: left (alexnet: its 11x11/4 conv and three 3/2 pools need 63 px to leave a 1 x 1 map).
@@ -249,6 +258,32 @@ def _smallcnn(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
     return backbone, 256
 
 
+def _feature_mlp(in_features: int) -> tuple[nn.Module, int]:
+    # PyTorch's default Linear init, not _init_conv_bn's small weights: the BatchNorm after it makes the
+    # output scale-free, and small weights would only make its gradients (and so its steps) large.
+    return nn.Sequential(nn.Linear(in_features, FEATURE_MLP_HIDDEN), nn.BatchNorm1d(FEATURE_MLP_HIDDEN),
+                         nn.ReLU(inplace=True)), FEATURE_MLP_HIDDEN
+
+
+def _build_feature_model(arch: str, num_heads: int, num_clusters: ClusterSpec, in_features, small_stem,
+                         rotation: bool, head_temperature: float | None) -> MultiHeadNet:
+    """build_model for the architectures that read feature vectors (``FEATURE_ARCHS``)."""
+    if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
+        raise ValueError(f"{arch!r} reads feature vectors: in_features must be their length, a positive "
+                         f"integer, got {in_features!r}")
+    if small_stem:
+        raise ValueError(f"small_stem applies to the ResNets only, not to {arch!r}")
+    if rotation:
+        raise ValueError(f"{arch!r} reads feature vectors, which cannot be rotated: no rotation head")
+    _cluster_list(num_heads, num_clusters)
+    check_head_temperature(head_temperature)
+    backbone, dim = _feature_mlp(in_features)
+    model = MultiHeadNet(backbone, dim, num_heads, num_clusters, build_kwargs=dict(arch=arch, in_features=in_features),
+                         head_temperature=head_temperature)
+    model.arch, model.in_channels, model.image_size = arch, None, None
+    return model
+
+
 def _resnet(arch: str, in_channels: int, small_stem: bool) -> tuple[nn.Module, int]:
     import torchvision
 
@@ -267,7 +302,7 @@ def _resnet(arch: str, in_channels: int, small_stem: bool) -> tuple[nn.Module, i
 
 def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10, in_channels: int = 3,
                 image_size: int = 32, small_stem: bool | None = None, rotation: bool = False,
-                head_temperature: float | None = None) -> MultiHeadNet:
+                head_temperature: float | None = None, in_features: int | None = None) -> MultiHeadNet:
     """Build a :class:`MultiHeadNet` with ``num_heads`` heads of ``num_clusters`` clusters.
 
     Args:
@@ -280,13 +315,22 @@ def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10
         small_stem: ResNets only: 3x3/1 first conv without max-pool; default ``image_size <= 64``.
         rotation: also a 4-way rotation head (SeLa + Rot, see :meth:`MultiHeadNet.add_rotation_head`).
         head_temperature: None for linear heads; T for cosine heads (see :class:`MultiHeadNet`).
+        in_features: ``FEATURE_ARCHS`` only, and required there: the length of the feature vectors they
+            read (``in_channels`` and ``image_size`` are then unused).
 
     Raises:
         ValueError: unknown ``arch``, an image too small for it, ``small_stem=True`` for a non-ResNet,
-            or bad head/channel numbers.
+            ``in_features`` missing for a feature architecture or given for an image one, or bad
+            head/channel numbers.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+    if arch in FEATURE_ARCHS:
+        return _build_feature_model(arch, num_heads, num_clusters, in_features, small_stem, rotation,
+                                    head_temperature)
+    if in_features is not None:
+        raise ValueError(f"in_features is for the architectures that read feature vectors {FEATURE_ARCHS}; "
+                         f"{arch!r} reads images (in_channels, image_size)")
     for name, value in (("in_channels", in_channels), ("image_size", image_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -326,4 +370,4 @@ def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10
     return model
 
 
-__all__ = ["ARCHS", "MIN_IMAGE_SIZE", "MultiHeadNet", "build_model"]
+__all__ = ["ARCHS", "FEATURE_ARCHS", "MIN_IMAGE_SIZE", "MultiHeadNet", "build_model"]

@@ -184,6 +184,16 @@ def test_heads_of_a_backbone_run_give_back_its_labels(trained, tmp_path):
     assert _labels_by_path(tmp_path / "a" / "labels.csv") == _labels_by_path(tmp_path / "second" / "labels.csv")
 
 
+def test_heads_file_of_an_older_version_is_named(trained, tmp_path):
+    root, out, _ = trained
+    older = tmp_path / "heads.pt"  # before the heads were a trainer mode: a bare state dict of their own module
+    torch.save({"backbone": str(out / "model.pt"), "image_size": 16, "mean": [0.5], "std": [0.25],
+                "heads": {"mean": torch.zeros(256), "body.0.weight": torch.zeros(512, 256)}, "head_sizes": [3],
+                "labels": torch.zeros(1, 60, dtype=torch.long), "lam": 10.0}, older)
+    with pytest.raises(ValueError, match="older sela-edu.*label --backbone"):
+        assign_folder(root, older, tmp_path / "a", progress=False)
+
+
 def test_too_few_images_for_sized_clusters(trained, tmp_path):
     root, out, _ = trained
     few = tmp_path / "few"

@@ -116,15 +116,33 @@ def test_resume_after_interruption(folder, tmp_path):
 def test_backbone_from_a_checkpoint_file(folder, tmp_path):
     root, classes = folder
     first = label_folder(root, tmp_path / "first", clusters=3, epochs=1, batch_size=16, progress=False)
-    result = label_folder(root, tmp_path / "second", clusters=[3, 4], epochs=3,
-                          backbone=str(first.output / "model.pt"), progress=False)
+
+    def interrupt(record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    backbone = dict(clusters=[3, 4], epochs=3, backbone=str(first.output / "model.pt"), progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        label_folder(root, tmp_path / "second", callback=interrupt, **backbone)
+    seen = []
+    result = label_folder(root, tmp_path / "second", callback=lambda r: seen.append(r["epoch"]), **backbone)
+    assert seen == [2, 3], "the heads train in the trainer, so a backbone run resumes after its first epoch"
     assert result.mode == "backbone" and result.labels.shape == (2, 60)
     assert sorted(result.paths) == sorted(classes)
     assert (tmp_path / "second" / "checkpoints" / "features.pt").is_file()
     summary = json.loads((tmp_path / "second" / "summary.json").read_text())
     assert summary["heads"] == [3, 4] and "checkpoint model.pt" in summary["backbone"]
+    assert (summary["arch"], summary["feature_dim"], summary["relabels"]) == ("feature-mlp", 256, 3)
     heads = torch.load(tmp_path / "second" / "heads.pt", weights_only=True)
     assert torch.equal(heads["labels"], result.labels) and heads["head_sizes"] == [3, 4]
+    assert heads["heads"]["build_kwargs"]["arch"] == "feature-mlp" and len(heads["heads"]["data"]["mean"]) == 256
+    # another backbone in the same output: new features, and heads trained from the start on them
+    seen.clear()
+    other = tmp_path / "other.pt"
+    other.write_bytes((first.output / "model.pt").read_bytes())
+    backbone["backbone"] = str(other)
+    label_folder(root, tmp_path / "second", callback=lambda r: seen.append(r["epoch"]), **backbone)
+    assert seen == [1, 2, 3]
 
 
 def test_errors_are_clear(tmp_path, folder):

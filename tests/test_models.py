@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from sela_edu.models import ARCHS, MultiHeadNet, build_model
+from sela_edu.models import ARCHS, FEATURE_ARCHS, MultiHeadNet, build_model
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -22,7 +22,7 @@ CASES = [
 
 
 def test_cases_cover_every_arch():
-    assert {c[0] for c in CASES} == set(ARCHS)
+    assert {c[0] for c in CASES} == set(ARCHS) - set(FEATURE_ARCHS)  # the feature archs: tests below
 
 
 @pytest.mark.parametrize("arch,channels,size,dim,extra", CASES)
@@ -173,3 +173,38 @@ def test_cosine_heads_read_only_the_direction_of_the_feature():
     linear = build_model("smallcnn", num_clusters=3, in_channels=1, image_size=28)
     assert "head_temperature" not in linear.build_kwargs
     assert torch.allclose(linear.head_scores(feats)[0], linear.heads[0](feats))
+
+
+def test_feature_mlp_reads_feature_vectors():
+    torch.manual_seed(0)
+    model = build_model("feature-mlp", num_heads=2, num_clusters=[3, 5], in_features=40)
+    assert isinstance(model, MultiHeadNet) and model.feature_dim == 512 and model.num_clusters == [3, 5]
+    assert model.build_kwargs == {"arch": "feature-mlp", "in_features": 40, "num_heads": 2, "num_clusters": [3, 5]}
+    x = torch.randn(8, 40)
+    out = model.train()(x)
+    assert [o.shape for o in out] == [(8, 3), (8, 5)]
+    model.eval()
+    feats = model.features(x)
+    assert feats.shape == (8, 512) and bool((feats >= 0).all())  # the hidden layer ends in a ReLU
+    for head, s in zip(model.heads, model(x)):
+        torch.testing.assert_close(s, head(feats))
+    rebuilt = build_model(**model.build_kwargs)
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt.eval()(x)[1], model(x)[1])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({}, "in_features must be their length"),
+    ({"in_features": 0}, "in_features must be their length"),
+    ({"in_features": 8, "rotation": True}, "cannot be rotated"),
+    ({"in_features": 8, "small_stem": True}, "ResNets only"),
+    ({"in_features": 8, "num_clusters": 1}, ">= 2"),
+])
+def test_feature_mlp_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_model("feature-mlp", **kwargs)
+
+
+def test_image_archs_refuse_in_features():
+    with pytest.raises(ValueError, match="reads images"):
+        build_model("smallcnn", in_channels=1, image_size=28, in_features=16)

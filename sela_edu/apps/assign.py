@@ -41,8 +41,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sela_edu.apps.label_folder import (assigned_confidence, label_step_labels, load_folder_images, score_images,
-                           write_contact_sheet, write_skipped)
+from sela_edu.apps.folder_outputs import write_contact_sheet, write_skipped
+from sela_edu.apps.label_folder import assigned_confidence, label_step_labels, load_folder_images, score_images
 
 MODES = ("argmax", "equal", "prior")
 DEFAULT_LAM = 10.0
@@ -84,14 +84,17 @@ class AssignResult:
 
 
 class _BackboneWithHeads(nn.Module):
-    """A frozen backbone's features fed to the heads ``label --backbone`` trained: scores like a kit model."""
+    """A frozen backbone's features, standardised as in training, fed to the ``feature-mlp`` network that
+    ``label --backbone`` trained on them: scores images like a kit model."""
 
-    def __init__(self, backbone: nn.Module, heads: nn.Module):
+    def __init__(self, backbone: nn.Module, heads: nn.Module, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
         self.backbone, self.heads = backbone, heads
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.heads(self.backbone.features(x))
+        return self.heads((self.backbone.features(x) - self.mean) / self.std)
 
 
 def load_trained_clusters(model: str | os.PathLike, *, progress: bool = True) -> TrainedClusters:
@@ -142,19 +145,28 @@ def _stored_lam(path: Path) -> float | None:
 
 
 def _read_heads_file(path: Path, *, progress: bool) -> TrainedClusters | None:
-    """The backbone and heads of a ``heads.pt`` written by ``label --backbone``; None for any other file."""
-    from sela_edu.apps.label_folder import _FeatureHeads, _resolve_backbone
-    from sela_edu.apps.pretrained import read_torch_file
+    """The backbone and heads of a ``heads.pt`` written by ``label --backbone``; None for any other file.
+
+    Its ``heads`` entry is a kit model file of the ``feature-mlp`` network (``build_kwargs``, ``state_dict``)
+    with the standardisation of the features it was trained on (``data``: per-dimension mean and std).
+    """
+    from sela_edu.apps.label_folder import _resolve_backbone
+    from sela_edu.apps.pretrained import PretrainedError, read_torch_file
+    from sela_edu.models import build_model
 
     payload = read_torch_file(path)
     if not (isinstance(payload, Mapping) and "heads" in payload and "backbone" in payload):
         return None
-    state, ks = payload["heads"], [int(k) for k in payload["head_sizes"]]
-    heads = _FeatureHeads(int(state["body.0.weight"].shape[1]), ks, state["mean"], state["std"])
-    heads.load_state_dict(state)
+    saved, ks = payload["heads"], [int(k) for k in payload["head_sizes"]]
+    if not (isinstance(saved, Mapping) and {"build_kwargs", "state_dict", "data"} <= set(saved)):
+        raise PretrainedError(f"{path} holds heads in the format of an older sela-edu (before the heads became a "
+                              "mode of the trainer): run `sela-edu label --backbone` again to write a current one")
+    heads = build_model(**saved["build_kwargs"])
+    heads.load_state_dict(saved["state_dict"])
+    mean, std = (torch.as_tensor(saved["data"][key], dtype=torch.float32) for key in ("mean", "std"))
     backbone, _, _, _, description = _resolve_backbone(payload["backbone"], progress=progress)
     lam = payload.get("lam")
-    return TrainedClusters(_BackboneWithHeads(backbone, heads).eval(), int(payload["image_size"]),
+    return TrainedClusters(_BackboneWithHeads(backbone, heads, mean, std).eval(), int(payload["image_size"]),
                            tuple(payload["mean"]), tuple(payload["std"]), ks, payload.get("labels"),
                            None if lam is None else float(lam), f"{path.name} (heads on {description})")
 

@@ -17,8 +17,10 @@ Two ways to get the network:
   weights, downloaded by torchvision), or a checkpoint file (an official one, a torchvision-format one, a
   kit training checkpoint, or the ``model.pt`` an earlier ``sela-edu label`` run wrote). The backbone is
   frozen: its features are computed once (saved block by block in ``OUT/checkpoints``, so an interrupted
-  run resumes) and SeLa trains new heads on them, alternating Sinkhorn-Knopp label optimisation and
-  cross-entropy steps as in the paper.
+  run resumes) and the kit's trainer trains new heads on them (the ``folder-backbone`` preset: a
+  ``feature-mlp`` network on the features as a :class:`~sela_edu.data.features.FeatureData`, one label
+  optimisation per epoch, feature noise as augmentation), with its checkpoints in ``OUT/checkpoints``
+  too: running the same command again resumes there.
 
 Outputs in ``OUT``:
 
@@ -31,18 +33,15 @@ Outputs in ``OUT``:
 * ``skipped.txt``: ``path<TAB>reason`` for every file that got no label.
 * ``model.pt``: the network (kit format, loadable with :func:`sela_edu.apps.pretrained.load_checkpoint_file`
   and usable as ``--backbone`` for another folder), with the final labels and ``lam``; with a backbone,
-  ``heads.pt`` instead (the trained heads, the backbone's name and the final labels). Either one labels
+  ``heads.pt`` instead (the backbone's name and normalisation, the trained ``feature-mlp`` network in kit
+  format with the features' standardisation, the final labels and ``lam``). Either one labels
   new images without training: ``sela-edu assign`` (:mod:`sela_edu.apps.assign`). And ``summary.json``
   (settings, sizes, timings).
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
-import math
 import os
 import shutil
 import sys
@@ -54,12 +53,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from sela_edu.apps.folder_outputs import write_contact_sheet, write_skipped
 from sela_edu.training import clusters_per_head
-
 
 
 @dataclass
@@ -262,16 +260,23 @@ def assigned_confidence(scores: Sequence[torch.Tensor], labels: torch.Tensor) ->
 
 def _features_resumable(model: nn.Module, folder: Path, paths: list[str], size: int, mean, std, device,
                         ckpt_path: Path, key: str, progress: bool, block: int = 256) -> torch.Tensor:
-    """Frozen features of every image, decoded at ``size`` px block by block; saved after every block."""
+    """Frozen features of every image, decoded at ``size`` px block by block; saved after every block.
+
+    Features of another backbone or folder (another ``key``) are computed again, and the training
+    checkpoints beside them are deleted: heads trained on other features must not be resumed.
+    """
     from sela_edu.data.augment import plain_transform
     from sela_edu.evaluation import score_dataset
-    from sela_edu.training.checkpoint import load_checkpoint, save_checkpoint
+    from sela_edu.training.checkpoint import LAST, PREV, load_checkpoint, save_checkpoint
 
     done: list[torch.Tensor] = []
     if ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
         if state.get("key") == key:
             done = list(state["blocks"])
+        else:
+            for name in (LAST, LAST + ".new", PREV):
+                (ckpt_path.parent / name).unlink(missing_ok=True)
     model.eval().to(device)
     start = sum(b.shape[0] for b in done)
     bar = tqdm(total=len(paths), initial=start, desc="backbone features", unit="img", disable=not progress)
@@ -292,61 +297,6 @@ def _features_resumable(model: nn.Module, folder: Path, paths: list[str], size: 
     return torch.cat(done)
 
 
-class _FeatureHeads(nn.Module):
-    """SeLa heads on frozen features: standardise, a 512-d hidden layer (BatchNorm, ReLU), one linear head per clustering."""
-
-    def __init__(self, dim: int, ks: list[int], mean: torch.Tensor, std: torch.Tensor, hidden: int = 512):
-        super().__init__()
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
-        self.body = nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True))
-        self.heads = nn.ModuleList(nn.Linear(hidden, k) for k in ks)
-        for head in self.heads:
-            nn.init.normal_(head.weight, 0.0, 0.01)
-            nn.init.zeros_(head.bias)
-
-    def forward(self, f: torch.Tensor) -> list[torch.Tensor]:
-        h = self.body((f - self.mean) / self.std)
-        return [head(h) for head in self.heads]
-
-
-def _train_feature_heads(features: torch.Tensor, ks: list[int], *, epochs: int, lam: float, seed: int,
-                         batch_size: int, progress: bool) -> tuple[_FeatureHeads, list[dict]]:
-    from sela_edu.labelling import self_label
-
-    torch.manual_seed(seed)
-    n, dim = features.shape
-    std = features.std(0)
-    heads = _FeatureHeads(dim, ks, features.mean(0), torch.where(std > 1e-6, std, torch.ones_like(std)))
-    opt = torch.optim.SGD(heads.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.stack([(torch.arange(n) % k)[torch.randperm(n, generator=g)] for k in ks])
-    history = []
-    batch_size = max(2, min(batch_size, n))
-    for epoch in tqdm(range(epochs), desc="training heads", disable=not progress):
-        heads.eval()
-        with torch.no_grad():
-            results = self_label(heads(features), lam)
-        labels = torch.stack([r.labels.cpu() for r in results])
-        heads.train()
-        order = torch.randperm(n, generator=g)
-        total = 0.0
-        steps = max(1, n // batch_size)
-        for b in range(steps):
-            idx = order[b * batch_size:(b + 1) * batch_size]
-            f = features[idx]
-            f = F.dropout(f + 0.1 * f.std(0, keepdim=True) * torch.randn(f.shape, generator=g), 0.2)
-            loss = torch.stack([F.cross_entropy(o, labels[h, idx]) for h, o in enumerate(heads(f))]).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-        sched.step()
-        history.append({"epoch": epoch + 1, "loss": total / steps})
-    return heads.eval(), history
-
-
 def label_folder(folder: str | os.PathLike, output: str | os.PathLike, *, clusters: int | Sequence[int] | str = 10,
                  heads: int | None = None, epochs: int | None = None, backbone: str | None = None,
                  image_size: int | None = None, batch_size: int | None = None, lam: float = 10.0, seed: int = 0,
@@ -357,19 +307,21 @@ def label_folder(folder: str | os.PathLike, output: str | os.PathLike, *, cluste
     Args:
         clusters: K of every head (an int), or one K per head (a list, or a string "10,20,50").
         heads: number of heads (default: one per K given, else 1).
-        epochs: training epochs (default :func:`default_epochs`: about 150,000 images seen in all).
+        epochs: training epochs (default: :func:`default_epochs` for a random network, about 150,000
+            images seen in all; the ``folder-backbone`` preset's for a backbone).
         backbone: None (random network trained by the kit's trainer) or a pretrained backbone (module
             docstring): a released model's name, ``torchvision:resnet18``/``torchvision:resnet50``, a file.
         image_size: side the images are scaled to (default 32 px for the random network, the backbone's
             own, usually 224, otherwise).
-        batch_size: default ``min(256, N // 4)`` (at least 16).
+        batch_size: default ``min(256, N // 4)`` (at least 16) for a random network, the
+            ``folder-backbone`` preset's (256, at most N) for a backbone.
         lam: Sinkhorn's lambda (the paper's 10 for small data sets).
         restart: delete ``output/checkpoints`` first instead of resuming.
         per_cluster: thumbnails per cluster on the contact sheet.
-        callback: called after every training epoch with the trainer's record (random network only).
+        callback: called after every training epoch with the trainer's record.
     """
-    from sela_edu.training import export_path_labels_csv
     from sela_edu.settings import pick_device
+    from sela_edu.training import export_path_labels_csv
 
     t0 = time.perf_counter()
     folder, output = Path(folder), Path(output)
@@ -401,18 +353,12 @@ def label_folder(folder: str | os.PathLike, output: str | os.PathLike, *, cluste
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         features = _features_resumable(model, folder, loaded.paths, size, mean, std, dev,
                                        ckpt_dir / "features.pt", key, progress)
-        heads_model, history = _train_feature_heads(features, ks, epochs=epochs or 50, lam=lam, seed=seed,
-                                                    batch_size=batch_size or 256, progress=progress)
-        with torch.no_grad():
-            scores = heads_model(features)
-        labels = label_step_labels(scores, lam)
-        confidence = assigned_confidence(scores, labels)
-        # labels and lam travel with the heads so that `sela-edu assign` can size clusters as trained
-        torch.save({"backbone": str(backbone), "image_size": size, "mean": list(mean), "std": list(std),
-                    "heads": heads_model.state_dict(), "head_sizes": ks, "labels": labels, "lam": float(lam)},
-                   output / "heads.pt")
-        result_model = heads_model
-        extra = {"backbone": description, "feature_dim": int(features.shape[1])}
+        result_model, labels, confidence, history, extra = _label_features(
+            features, ks, epochs=epochs, batch_size=batch_size, lam=lam, seed=seed, device=device,
+            ckpt_dir=ckpt_dir, progress=progress, callback=callback,
+            heads_path=output / "heads.pt",
+            backbone_info={"backbone": str(backbone), "image_size": size, "mean": list(mean), "std": list(std)})
+        extra = {"backbone": description, **extra}
         mode = "backbone"
 
     export_path_labels_csv(output / "labels.csv", loaded.paths, labels)
@@ -456,89 +402,47 @@ def _label_random(loaded: LoadedImages, ks, *, epochs, size, batch_size, lam, se
     labels = label_step_labels(scores, float(lam))
     confidence = assigned_confidence(scores, labels)
     # the final labels and lam are kept so that `sela-edu assign` can size clusters as trained
-    torch.save({"build_kwargs": dict(model.build_kwargs), "state_dict": model.state_dict(),
-                "data": {"mean": list(mean), "std": list(std)}, "labels": labels, "lam": float(lam)},
-               output / "model.pt")
+    torch.save({**_kit_model(model, list(mean), list(std)), "labels": labels, "lam": float(lam)}, output / "model.pt")
     extra = {"epochs": epochs, "batch_size": config.batch_size, "relabels": config.nopts, "arch": "smallcnn",
              "train_seconds": round(float(result.timings.get("seconds", 0.0)), 1)}
     return model, labels, confidence, list(result.history), extra
 
 
-# --------------------------------------------------------------------------------------------------
-# Outputs
-# --------------------------------------------------------------------------------------------------
+def _label_features(features, ks, *, epochs, batch_size, lam, seed, device, ckpt_dir, progress, callback,
+                    heads_path: Path, backbone_info: dict):
+    """The kit's trainer on a frozen backbone's features (preset ``folder-backbone``), the final labels, and
+    ``heads_path`` (heads.pt, with ``backbone_info``: the backbone's name, image size and normalisation)."""
+    from sela_edu.data.features import FeatureData
+    from sela_edu.evaluation import score_dataset
+    from sela_edu.training import plain_loader, train
+    from sela_edu.training.presets import folder_backbone_config
+
+    data = FeatureData.from_features(features, name="folder-features")
+    config = folder_backbone_config(len(data), ks, epochs=epochs, batch_size=batch_size, lam=float(lam), seed=seed,
+                                    device=device, checkpoint_dir=str(ckpt_dir))
+    result = train(config, data, progress=progress, callback=callback)
+    model = result.model
+    dev = next(model.parameters()).device
+    scores = score_dataset(model, plain_loader(config, data, 4096, device=dev), outputs=("heads",))["heads"]
+    labels = label_step_labels(scores, float(lam))
+    confidence = assigned_confidence(scores, labels)
+    # the heads travel with the backbone's name and normalisation and the features' standardisation, the
+    # final labels and lam, so that `sela-edu assign` can score new images and size clusters as trained
+    torch.save({**backbone_info, "heads": _kit_model(model, data.mean.tolist(), data.std.tolist()),
+                "head_sizes": ks, "labels": labels, "lam": float(lam)}, heads_path)
+    extra = {"feature_dim": data.feature_dim, "epochs": config.epochs, "batch_size": config.batch_size,
+             "relabels": config.nopts, "arch": config.arch,
+             "train_seconds": round(float(result.timings.get("seconds", 0.0)), 1)}
+    return model, labels, confidence, list(result.history), extra
 
 
-def write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> Path:
-    """``path<TAB>reason`` per skipped file (an empty file when none was skipped)."""
-    with open(path, "w", encoding="utf-8") as handle:
-        for rel, reason in skipped:
-            handle.write(f"{rel}\t{reason}\n")
-    return path
+def _kit_model(model: nn.Module, mean: list[float], std: list[float]) -> dict:
+    """A trained network in the kit's file format (rebuilt by ``build_model(**build_kwargs)``), with the
+    normalisation of its inputs."""
+    return {"build_kwargs": dict(model.build_kwargs), "state_dict": model.state_dict(),
+            "data": {"mean": mean, "std": std}}
 
-
-def _thumbnail_uri(path: Path, size: int) -> str:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if im.format == "JPEG":
-            im.draft("RGB", (2 * size, 2 * size))
-        im = im.convert("RGB")
-        im.thumbnail((size, size))
-        buffer = io.BytesIO()
-        im.save(buffer, format="PNG" if max(im.size) <= 96 else "JPEG", optimize=True)
-    kind = "png" if max(im.size) <= 96 else "jpeg"
-    return f"data:image/{kind};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def write_contact_sheet(path: Path, folder: Path, paths: Sequence[str], labels: torch.Tensor,
-                        confidence: torch.Tensor | None = None, *, per_cluster: int = 24, thumb: int = 72,
-                        title: str = "clusters", skipped: int = 0) -> Path:
-    """An HTML page: per head, per cluster (largest first), its size and up to ``per_cluster`` thumbnails
-    (most confident first, or in file order without ``confidence``); hovering shows the file's path."""
-    labels = torch.as_tensor(labels)
-    if labels.dim() == 1:
-        labels = labels.unsqueeze(0)
-    cache: dict[int, str] = {}
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>",
-        "body{font-family:sans-serif;margin:1em}h2{margin-top:1.5em}"
-        ".c{margin:.4em 0;padding:.3em;border-bottom:1px solid #ddd}.c b{display:inline-block;width:11em}"
-        f"img{{width:{thumb}px;height:{thumb}px;object-fit:cover;margin:1px;image-rendering:auto}}"
-        "summary{cursor:pointer;font-size:1.2em;margin-top:1em}",
-        "</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        f"<p>{len(paths)} images labelled; {skipped} file(s) skipped (see skipped.txt); labels in labels.csv. "
-        "Hover over a thumbnail for its path.</p>",
-        "<p>" + " · ".join(f"<a href='#head{h}'>head {h} ({int(labels[h].max()) + 1} clusters)</a>"
-                           for h in range(labels.shape[0])) + "</p>",
-    ]
-    for h in range(labels.shape[0]):
-        row = labels[h]
-        k = int(row.max()) + 1
-        sizes = torch.bincount(row, minlength=k)
-        parts.append(f"<details id='head{h}' {'open' if h == 0 else ''}><summary>head {h}: {k} clusters, "
-                     f"sizes {int(sizes.min())}-{int(sizes.max())}</summary>")
-        for c in torch.argsort(sizes, descending=True, stable=True).tolist():
-            members = torch.nonzero(row == c).flatten()
-            if confidence is not None and members.numel():
-                members = members[torch.argsort(confidence[h, members], descending=True, stable=True)]
-            imgs = []
-            for i in members[:per_cluster].tolist():
-                if i not in cache:
-                    try:
-                        cache[i] = _thumbnail_uri(folder / paths[i], thumb)
-                    except Exception:  # noqa: BLE001 - a file changed since labelling: leave it out
-                        continue
-                imgs.append(f"<img src='{cache[i]}' title='{html.escape(paths[i], quote=True)}' loading='lazy'>")
-            parts.append(f"<div class='c'><b>cluster {c} ({int(sizes[c])} images)</b>{''.join(imgs)}</div>")
-        parts.append("</details>")
-    parts.append("</body></html>")
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
 
 
 __all__ = ["LoadedImages", "LabelFolderResult", "list_files", "load_folder_images", "label_folder",
-           "default_epochs", "score_images", "label_step_labels", "assigned_confidence", "write_contact_sheet",
-           "write_skipped"]
+           "default_epochs", "score_images", "label_step_labels", "assigned_confidence"]

@@ -13,7 +13,7 @@ from torch import nn
 from sela_edu.settings import pick_device, seed_everything
 from sela_edu.training import distributed as dist_utils
 from sela_edu.training.config import TrainConfig
-from sela_edu.training.loaders import plain_loader, training_augment
+from sela_edu.training.loaders import plain_loader, run_loader, training_augment
 from sela_edu.training.schedule import initial_labels, relabel_schedule, subset_indices
 from sela_edu.training.state import LoopState
 
@@ -26,11 +26,24 @@ def resolve_arch(arch: str, image_size: int) -> str:
 
 
 def build_for_config(config: TrainConfig, data, num_clusters: list[int] | None = None):
-    """The config's network for ``data``, freshly initialised from ``config.seed`` (on the CPU)."""
-    from sela_edu.models import build_model
+    """The config's network for ``data``, freshly initialised from ``config.seed`` (on the CPU).
+
+    Images get an image network; the feature vectors of a frozen backbone (``FeatureData``) a network of
+    ``FEATURE_ARCHS`` (the "feature-mlp" arch), sized to their length.
+    """
+    from sela_edu.data.features import FeatureData
+    from sela_edu.models import FEATURE_ARCHS, build_model
 
     ks = config.cluster_list() if num_clusters is None else list(num_clusters)
+    if isinstance(data, FeatureData) != (config.arch in FEATURE_ARCHS):
+        kind = "feature vectors" if isinstance(data, FeatureData) else "images"
+        raise ValueError(f"arch {config.arch!r} does not read {kind}: the feature vectors of a frozen backbone "
+                         f"(FeatureData) train an arch of {FEATURE_ARCHS} (preset 'folder-backbone'), images any "
+                         "other arch")
     torch.manual_seed(config.seed)
+    if isinstance(data, FeatureData):
+        return build_model(config.arch, num_heads=len(ks), num_clusters=ks, in_features=data.feature_dim,
+                           rotation=config.rotation, head_temperature=config.head_temperature)
     size = config.image_size or data.image_size
     return build_model(resolve_arch(config.arch, size), num_heads=len(ks), num_clusters=ks,
                        in_channels=data.num_channels, image_size=size, rotation=config.rotation,
@@ -98,7 +111,7 @@ def fixed_labels(config: TrainConfig, data, labels) -> torch.Tensor | None:
 
 def build_run(config: TrainConfig, data, labels) -> tuple[RunSetup, LoopState]:
     """Data, model, optimiser and loaders of a run, and its loop state at the start (before any resume)."""
-    from sela_edu.data import load_dataset, make_loader
+    from sela_edu.data import load_dataset
 
     if data is None:
         data = load_dataset(config.dataset, "train")
@@ -132,14 +145,14 @@ def build_run(config: TrainConfig, data, labels) -> tuple[RunSetup, LoopState]:
     # the same augmentation for training and, in "augmented" score mode, for the label step
     common = dict(device=device, distributed=world > 1, num_workers=config.num_workers,
                   augment=training_augment(config, data))
-    loader = make_loader(data, config.batch_size, train=True, seed=config.seed, **common)
+    loader = run_loader(data, config.batch_size, train=True, seed=config.seed, **common)
     if len(loader) < 1:
         raise ValueError(f"no full batch: {len(data)} images per process and batch_size {config.batch_size}; "
                          "lower batch_size")
     score_bs = config.score_batch_size or 2 * config.batch_size
     if config.score_mode == "augmented":  # the official CIFAR code scores its (augmented) training loader
-        score_loader = make_loader(data, score_bs, train=True, shuffle=False, drop_last=False, seed=config.seed + 1,
-                                   **common)
+        score_loader = run_loader(data, score_bs, train=True, shuffle=False, drop_last=False, seed=config.seed + 1,
+                                  **common)
     else:
         score_loader = plain_loader(config, data, score_bs, device=device, seed=config.seed,
                                     distributed=world > 1)

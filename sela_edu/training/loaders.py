@@ -1,5 +1,6 @@
-"""The loaders a run reads: un-augmented batches in data order (what the label step and the features
-see), the training augmentation at the config's image size, and this rank's rows without the shard padding."""
+"""The loaders a run reads: the loader of its kind of data (images, or a frozen backbone's feature
+vectors), un-augmented batches in data order (what the label step and the features see), the training
+augmentation at the config's image size, and this rank's rows without the shard padding."""
 
 from __future__ import annotations
 
@@ -35,12 +36,22 @@ def kept_batches(loader):
         filled += take
 
 
-def scoring_loader(data, batch_size: int, device: torch.device, seed: int, num_workers: int):
+def run_loader(data, batch_size: int, *, train: bool, num_workers: int = 0, **kw):
+    """:func:`~sela_edu.data.make_loader` for images, :func:`~sela_edu.data.features.feature_loader` for
+    the feature vectors of a frozen backbone (:class:`~sela_edu.data.features.FeatureData`): the trainer
+    reads both kinds the same way. ``kw``: shuffle, device, seed, drop_last, distributed, augment."""
     from sela_edu.data import make_loader
+    from sela_edu.data.features import FeatureData, feature_loader
 
+    if isinstance(data, FeatureData):
+        return feature_loader(data, batch_size, train=train, **kw)
+    return make_loader(data, batch_size, train=train, num_workers=num_workers, **kw)
+
+
+def scoring_loader(data, batch_size: int, device: torch.device, seed: int, num_workers: int):
     distributed = dist_utils.get_world_size() > 1
-    return make_loader(data, batch_size, train=False, shuffle=False, device=device, seed=seed,
-                       distributed=distributed, num_workers=num_workers)
+    return run_loader(data, batch_size, train=False, shuffle=False, device=device, seed=seed,
+                      distributed=distributed, num_workers=num_workers)
 
 
 def training_augment(config: TrainConfig, data):
@@ -60,16 +71,16 @@ def plain_loader(config: TrainConfig, data, batch_size: int, *, device=None, see
     + CenterCrop(size) would (the official CIFAR code's test transform).
     """
     from sela_edu.data.augment import CenterUpsample
-    from sela_edu.data import ImageData, make_loader
+    from sela_edu.data import ImageData
 
     distributed = dist_utils.get_world_size() > 1 if distributed is None else distributed
     device = pick_device(config.device) if device is None else torch.device(device)
     common = dict(device=device, seed=seed, distributed=distributed, num_workers=config.num_workers)
     if config.image_size is None or not isinstance(data, ImageData) or config.image_size == data.image_size:
-        return make_loader(data, batch_size, train=False, shuffle=False, **common)
+        return run_loader(data, batch_size, train=False, shuffle=False, **common)
     # the loader applies its "augment" to every batch when train=True; here it is a fixed transform
     upsample = CenterUpsample(config.image_size, mean=data.mean, std=data.std)
-    return make_loader(data, batch_size, train=True, shuffle=False, drop_last=False, augment=upsample, **common)
+    return run_loader(data, batch_size, train=True, shuffle=False, drop_last=False, augment=upsample, **common)
 
 
-__all__ = ['plain_loader', 'training_augment', 'scoring_loader', 'kept_rows', 'kept_batches']
+__all__ = ['run_loader', 'plain_loader', 'training_augment', 'scoring_loader', 'kept_rows', 'kept_batches']

@@ -59,10 +59,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # with 12 label optimisations on 8,000 images.
     "classroom-imbalance": dict(_CLASSROOM, epochs=6, nopts=12, max_images=8_000),
     # `sela-edu label FOLDER` (sela_edu.apps.label_folder): the classroom recipe on any folder of
-    # images, one head of 10 clusters by default. With a random network, :func:`folder_config` sizes
-    # epochs, batch and optimisations to the folder; on a frozen backbone the same SGD settings train
-    # the heads for 50 epochs.
+    # images, one head of 10 clusters by default; :func:`folder_config` sizes epochs, batch and
+    # optimisations to the folder.
     "folder": dict(_CLASSROOM, dataset="folder", num_heads=1, num_clusters=10, epochs=50, nopts=25, eval_every=0),
+    # `sela-edu label FOLDER --backbone B`: new heads on a frozen backbone's features (FeatureData), one
+    # hidden layer and the heads ("feature-mlp"), trained with feature noise and dropout as augmentation.
+    # The classroom's SGD; a label step at the start of every epoch, every head solved (features are
+    # cheap to score: N x 512 numbers); :func:`folder_backbone_config` sizes it to the folder.
+    "folder-backbone": dict(_CLASSROOM, dataset="folder", arch="feature-mlp", num_heads=1, num_clusters=10,
+                            epochs=50, nopts=50, nopt_schedule="even", eval_every=0),
     # Seconds: two epochs on a few hundred digits, for tests and for checking an installation.
     "smoke": dict(dataset="digits", arch="smallcnn", num_heads=2, num_clusters=[10, 20], lam=10.0, epochs=2,
                   nopts=2, nopt_schedule="even", batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
@@ -79,6 +84,7 @@ SUMMARIES: dict[str, str] = {
     "classroom-short": "classroom for notebooks 03 and 06: 10 epochs on 20,000 images",
     "classroom-imbalance": "classroom for notebook 05's nine trainings: 6 epochs, 12 optimisations, 8,000 images",
     "folder": "sela-edu label FOLDER: the classroom recipe on a folder of images, sized to it by folder_config",
+    "folder-backbone": "sela-edu label FOLDER --backbone: heads (feature-mlp) on a frozen backbone's features, 50 epochs",
     "smoke": "seconds: two epochs on 320 digits, for tests and for checking an installation",
 }
 
@@ -124,4 +130,20 @@ def folder_config(num_images: int, clusters, heads: int | None = None, *, epochs
                               epochs=epochs, nopts=nopts, batch_size=bs, **overrides)
 
 
-__all__ = ["PRESETS", "SUMMARIES", "config_from_preset", "list_presets", "folder_config", "folder_batch_size"]
+def folder_backbone_config(num_images: int, clusters, heads: int | None = None, *, epochs: int | None = None,
+                           batch_size: int | None = None, **overrides) -> TrainConfig:
+    """The "folder-backbone" preset sized to ``num_images`` feature vectors: K per head by
+    :func:`clusters_per_head`, the preset's batch (or ``batch_size``) but never above N, and one label
+    optimisation per epoch (the preset's epochs, or ``epochs``)."""
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 2:
+        raise ValueError(f"num_images must be an integer >= 2, got {num_images!r}")
+    ks = clusters_per_head(clusters, heads)
+    preset = PRESETS["folder-backbone"]
+    epochs = preset["epochs"] if epochs is None else epochs
+    return config_from_preset("folder-backbone", num_heads=len(ks), num_clusters=ks if len(set(ks)) > 1 else ks[0],
+                              epochs=epochs, nopts=epochs, batch_size=min(batch_size or preset["batch_size"], num_images),
+                              **overrides)
+
+
+__all__ = ["PRESETS", "SUMMARIES", "config_from_preset", "list_presets", "folder_config", "folder_batch_size",
+           "folder_backbone_config"]
