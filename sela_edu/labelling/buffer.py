@@ -102,6 +102,36 @@ class ScoreBuffer:
         self._finalised = self._folded = False
         self.column_shift = self.segment_stops = self.segment_shift = None
 
+    def keep_rows(self, rows: torch.Tensor, scores: torch.Tensor) -> None:
+        """Keep the scores of the images at positions ``rows`` (any order), for :meth:`form_from_kept`.
+
+        For a caller that sees the images out of order, several times over: a training pass keeps every
+        image's latest head outputs here instead of scoring the set again. What is kept is what :meth:`add`
+        keeps, ``lam * scores - row max`` in float32, one row at a time (so a row may be rewritten at any
+        moment); ``P`` is formed only when :meth:`form_from_kept` is called. Needs ``keep_scores=True``.
+        """
+        if self.log_scores is None:
+            raise ValueError("keep_rows keeps the scores: make the ScoreBuffer with keep_scores=True")
+        scores = torch.as_tensor(scores)
+        if scores.ndim != 2 or scores.shape[1] != self.num_clusters or scores.shape[0] != len(rows):
+            raise ValueError(f"scores must be a {len(rows)} x {self.num_clusters} matrix (one row per position in "
+                             f"rows), got shape {tuple(scores.shape)}")
+        x = scores.detach().to(self.device, torch.float32) * self.lam
+        self.log_scores[torch.as_tensor(rows, device=self.device)] = x - x.amax(dim=1, keepdim=True)
+
+    def form_from_kept(self) -> None:
+        """Form ``P`` from the kept scores of every row, in row order, as :meth:`add` forms streamed blocks.
+
+        The kept rows are already ``lam * scores - row max`` (row max 0), so they are formed with lam 1 and
+        left as they are: forming again later, after some rows were rewritten by :meth:`keep_rows`, starts
+        from the same kept values. Rows are checked for NaN and inf as they are formed.
+        """
+        if self.log_scores is None:
+            raise ValueError("form_from_kept needs the scores: make the ScoreBuffer with keep_scores=True")
+        self.reset()
+        for start in range(0, self.num_rows, self._stage_rows):
+            self._form(self.log_scores[start : start + self._stage_rows], scratch=False, check=True, kept=True)
+
     def add(self, scores: torch.Tensor) -> None:
         """Append the next rows (an n x K tensor of scores, any float dtype, any device)."""
         if self._finalised:
@@ -155,20 +185,21 @@ class ScoreBuffer:
             self._form(self._stage[: self._staged], scratch=True)
             self._staged = 0
 
-    def _form(self, x: torch.Tensor, scratch: bool, check: bool = False) -> None:
+    def _form(self, x: torch.Tensor, scratch: bool, check: bool = False, kept: bool = False) -> None:
         """Rows ``filled ..`` of P from float32 scores ``x`` (overwritten when ``scratch``; checked for NaN
-        and inf when ``check``)."""
+        and inf when ``check``; ``kept``: ``x`` are this buffer's own kept rows, already scaled by lam)."""
         m = x.shape[0]
         rows = slice(self.filled, self.filled + m)
-        keep = None if self.log_scores is None else self.log_scores[rows]
+        keep = None if self.log_scores is None or kept else self.log_scores[rows]
+        lam = 1.0 if kept else self.lam
         if _kernels.can_form(x, self.storage):
-            col, finite = _kernels.form_block(x, self.lam, self.storage[rows], keep)
+            col, finite = _kernels.form_block(x, lam, self.storage[rows], keep)
             if check and not finite:
                 check_finite(x)
         else:
             if check:
                 check_finite(x)
-            x = x.mul(self.lam) if not scratch else x.mul_(self.lam)
+            x = x.mul(lam) if not scratch else x.mul_(lam)
             x.sub_(x.amax(dim=1, keepdim=True))
             if keep is not None:
                 keep.copy_(x)

@@ -14,7 +14,7 @@ import torch
 
 METHODS = ("sela", "kmeans", "supervised")
 SCHEDULES = ("even", "quadratic")
-SCORE_MODES = ("plain", "augmented")
+SCORE_MODES = ("plain", "augmented", "training")
 RELABEL_HEADS = ("all", "round-robin")
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: Config fields that may change between a run and its resumption: they do not change what is trained
@@ -89,7 +89,15 @@ class TrainConfig:
             + CenterCrop(224) for labels and features; ``image_size=224`` does the same.
         score_mode: what the label step scores: "plain" (un-augmented images, network in eval mode, the
             kit's default) or "augmented" (the training augmentation with BatchNorm in train mode, as the
-            official CIFAR code, which scores its training loader).
+            official CIFAR code, which scores its training loader), both a separate scoring pass over the
+            training set at every label optimisation; or "training": no pass after the first, the label
+            step solves on the head outputs the training pass already computed (each image's latest, of
+            its augmented view with BatchNorm in train mode; upright views only with ``rotation``), kept
+            per image in the solver's buffers (which then also go into the checkpoint). The first
+            optimisation scores every image in eval mode, as "plain". Rows are as old as the image's
+            last training batch: up to an epoch, more for the few images an epoch's last partial
+            batch leaves out. Single process only; "plain" and "augmented" under torchrun. Methods
+            other than "sela" have no head scores to keep and score as "plain".
         relabel_heads: "all" heads at every label optimisation (official ImageNet code) or "round-robin",
             one head per optimisation in turn (official CIFAR code: head ``epoch % heads``).
         warm_start: start each head's label optimisation from its cluster potentials of the previous one

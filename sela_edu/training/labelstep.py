@@ -13,7 +13,7 @@ from sela_edu.training import distributed as dist_utils
 from sela_edu.training.baselines import kmeans_labels
 from sela_edu.training.config import TrainConfig
 from sela_edu.training.runtime import sync, unwrap
-from sela_edu.training.scoring import compute_features, relabel
+from sela_edu.training.scoring import compute_features, relabel, relabel_from_kept
 
 if TYPE_CHECKING:
     from sela_edu.training.build import RunSetup
@@ -74,12 +74,11 @@ def label_step(s: RunSetup, loop: LoopState) -> tuple[dict, list[dict], dict | N
     if config.method == "sela":
         heads = heads_to_solve(config, loop.relabel_count, len(s.ks))
         init = [loop.potentials[h] if config.warm_start else None for h in heads]
-        s.score_loader.set_epoch(loop.relabel_count)  # fresh augmentations per optimisation ("augmented")
-        results = relabel(s.model, s.data, lam=config.lam, device=s.device, storage_dtype=config.storage_dtype,
-                          tol=config.sinkhorn_tol, max_iter=config.sinkhorn_max_iter, amp=s.use_amp,
-                          loader=s.score_loader, timings=part, heads=heads, init=init,
-                          train_mode=config.score_mode == "augmented",
-                          buffers=loop.score_buffers if s.device.type == "cpu" else None)
+        if keeps_head_outputs(config) and has_kept_scores(loop, len(s.ks)):
+            results = relabel_from_kept([loop.score_buffers[h] for h in heads], tol=config.sinkhorn_tol,
+                                        max_iter=config.sinkhorn_max_iter, init=init, timings=part)
+        else:
+            results = scoring_pass(s, loop, heads, init, part)
         new = previous.clone()
         for h, start, result, seconds in zip(heads, init, results, part["head_seconds"]):
             new[h] = result.labels.cpu()
@@ -100,6 +99,44 @@ def label_step(s: RunSetup, loop: LoopState) -> tuple[dict, list[dict], dict | N
     timing = {"score_seconds": part.get("score_seconds", 0.0), "solve_seconds": part.get("solve_seconds", 0.0),
               "relabel_seconds": time.perf_counter() - t0}
     return timing, rows, changes
+
+
+def keeps_head_outputs(config: TrainConfig) -> bool:
+    """Whether the training pass keeps its head outputs for the label step (score mode "training")."""
+    return config.score_mode == "training" and config.method == "sela"
+
+
+def has_kept_scores(loop: LoopState, num_heads: int) -> bool:
+    """Whether every head's buffer holds a kept score row for every image (score mode "training").
+
+    Buffers enter ``loop.score_buffers`` in that mode only full: from the first optimisation's scoring
+    pass over every image (every head's, whichever heads it solves) or from a checkpoint. After that the
+    training pass only rewrites rows, so no row is ever left unscored: images that an epoch's last
+    partial batch leaves out keep their older row.
+    """
+    return all(h in loop.score_buffers and loop.score_buffers[h].log_scores is not None for h in range(num_heads))
+
+
+def scoring_pass(s: RunSetup, loop: LoopState, heads: list[int], init: list, part: dict) -> list:
+    """SeLa's step 1 with a pass over the whole training set: every optimisation in score modes "plain"
+    and "augmented", the first one in "training" (before any training batch, nothing is kept: solving on
+    the buffers' unwritten memory would give garbage labels), which then fills every head's buffer."""
+    config = s.config
+    training = keeps_head_outputs(config)
+    s.score_loader.set_epoch(loop.relabel_count)  # fresh augmentations per optimisation ("augmented")
+    # the CPU reuses P's memory from one optimisation to the next; "training" keeps the buffers anywhere
+    keep_buffers = s.device.type == "cpu" or training
+    return relabel(s.model, s.data, lam=config.lam, device=s.device, storage_dtype=config.storage_dtype,
+                   tol=config.sinkhorn_tol, max_iter=config.sinkhorn_max_iter, amp=s.use_amp,
+                   loader=s.score_loader, timings=part, heads=heads, init=init,
+                   train_mode=config.score_mode == "augmented", buffers=loop.score_buffers if keep_buffers else None,
+                   score_heads=list(range(len(s.ks))) if training else None, keep_scores=True if training else None)
+
+
+def keep_head_outputs(buffers: dict, index: torch.Tensor, outputs: list[torch.Tensor]) -> None:
+    """Each head's outputs of a training batch into its buffer at the images' rows (score mode "training")."""
+    for h, out in enumerate(outputs):
+        buffers[h].keep_rows(index, out.detach())
 
 
 def label_changes(previous: torch.Tensor, new: torch.Tensor) -> dict[str, list[float]]:
@@ -127,4 +164,5 @@ def reinit_heads(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
                 p.copy_(dist_utils.broadcast_tensor(p.detach().clone()))
 
 
-__all__ = ['kmeans_relabel', 'heads_to_solve', 'label_step', 'label_changes', 'health_text', 'reinit_heads']
+__all__ = ['kmeans_relabel', 'heads_to_solve', 'label_step', 'keeps_head_outputs', 'has_kept_scores', 'scoring_pass',
+           'keep_head_outputs', 'label_changes', 'health_text', 'reinit_heads']

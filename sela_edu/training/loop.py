@@ -57,7 +57,8 @@ from sela_edu.training import checkpoint as ckpt
 from sela_edu.training import distributed as dist_utils
 from sela_edu.training.build import RunSetup, build_run
 from sela_edu.training.config import TrainConfig
-from sela_edu.training.labelstep import health_text, label_step
+from sela_edu.training.labelstep import (has_kept_scores, health_text, keep_head_outputs, keeps_head_outputs,
+                                         label_step)
 from sela_edu.training.monitor import knn_during_training
 from sela_edu.training.runtime import progress_bar, sync
 from sela_edu.training.state import LoopState, restore, save_state
@@ -124,6 +125,7 @@ def train(config: TrainConfig, data=None, *, eval_data=None, callback: Callable[
         raise ValueError(f"config must be a TrainConfig (see config_from_preset), got {type(config).__name__}")
     config.validate()
     s, loop = build_run(config, data, labels)
+    check_single_process(s)
     s.show = progress and s.rank == 0
     if config.eval_every and eval_data is None:
         warnings.warn("eval_every is set but no eval_data was given: no kNN evaluation", stacklevel=2)
@@ -154,6 +156,14 @@ def train(config: TrainConfig, data=None, *, eval_data=None, callback: Callable[
                        potentials=[None if p is None else p.clone() for p in loop.potentials])
 
 
+def check_single_process(s: RunSetup) -> None:
+    """Score mode "training" keeps rows by image index in one process's buffers; under torchrun each rank's
+    shard changes every epoch, so its rows would be other images': refuse it there, naming the way out."""
+    if s.world > 1 and keeps_head_outputs(s.config):
+        raise ValueError(f"score_mode='training' runs in a single process only (this run has {s.world}): "
+                         "use score_mode='plain' (or 'augmented') under torchrun")
+
+
 def train_epoch(s: RunSetup, loop: LoopState) -> dict:
     """One epoch of SGD, with the label optimisations the schedule puts in it; returns its history record."""
     config = s.config
@@ -182,7 +192,7 @@ def train_epoch(s: RunSetup, loop: LoopState) -> dict:
                         f"head {r['head']} {'converged' if r['converged'] else 'NOT converged'} "
                         f"({r['passes']} passes, error {r['error']:.1e})" for r in rows))
             s.net.train()
-        loss, correct = sgd_step(s, loop.labels, x, index)
+        loss, correct = sgd_step(s, loop.labels, x, index, keep=kept_buffers(s, loop))
         loss_sum += loss
         rotation_correct += correct
         batches += 1
@@ -211,9 +221,20 @@ def train_epoch(s: RunSetup, loop: LoopState) -> dict:
     return record
 
 
-def sgd_step(s: RunSetup, labels: torch.Tensor, x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def kept_buffers(s: RunSetup, loop: LoopState) -> dict | None:
+    """The buffers the training pass keeps its head outputs in (score mode "training", once they exist)."""
+    if keeps_head_outputs(s.config) and has_kept_scores(loop, len(s.ks)):
+        return loop.score_buffers
+    return None
+
+
+def sgd_step(s: RunSetup, labels: torch.Tensor, x: torch.Tensor, index: torch.Tensor,
+             keep: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of SeLa's step 2: cross-entropy against the current labels, averaged over heads (plus the
-    rotation loss for SeLa + Rot). Returns the loss and the rotation head's correct guesses (0 without it)."""
+    rotation loss for SeLa + Rot). Returns the loss and the rotation head's correct guesses (0 without it).
+
+    ``keep`` (head -> ScoreBuffer, score mode "training"): the heads' outputs of the upright views are kept
+    there at the images' rows, in float32 (the buffer's), for the next label step."""
     index = index.to(s.device)
     n = x.shape[0]
     with torch.autocast(s.device.type, dtype=torch.float16, enabled=s.use_amp):
@@ -230,6 +251,8 @@ def sgd_step(s: RunSetup, labels: torch.Tensor, x: torch.Tensor, index: torch.Te
     s.scaler.scale(loss).backward()
     s.scaler.step(s.optimizer)
     s.scaler.update()
+    if keep is not None:
+        keep_head_outputs(keep, index, outputs)
     correct = (rotation_logits.argmax(1) == turns).sum() if s.config.rotation else torch.zeros((), device=s.device)
     return loss.detach(), correct.detach()
 

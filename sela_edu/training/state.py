@@ -15,7 +15,7 @@ import torch
 
 from sela_edu.training import checkpoint as ckpt
 from sela_edu.training import distributed as dist_utils
-from sela_edu.training.config import RESUMABLE_CHANGES, TrainConfig
+from sela_edu.training.config import RESUMABLE_CHANGES, STORAGE_DTYPES, TrainConfig
 
 if TYPE_CHECKING:
     from sela_edu.training.build import RunSetup
@@ -35,7 +35,9 @@ class LoopState:
     has_optimised: bool = False
     history: list[dict] = field(default_factory=list)
     last_results: list | None = None
-    score_buffers: dict = field(default_factory=dict)  # head -> ScoreBuffer reused on the CPU (not saved)
+    # head -> ScoreBuffer: reused on the CPU (not saved); in score mode "training" the kept head outputs
+    # the label step solves on (saved: see kept_scores_state)
+    score_buffers: dict = field(default_factory=dict)
 
 
 def rng_state(loader) -> dict[str, Any]:
@@ -106,6 +108,39 @@ def restore(s: RunSetup, loop: LoopState, path: Path) -> None:
     else:  # a longer (or shorter) run: same spacing rule over the new length, from here on
         loop.position = next((i for i, step in enumerate(loop.schedule) if step >= loop.step), len(loop.schedule))
     set_rng_state(state["rng"], s.loader)
+    restore_kept_scores(s, loop, state.get("kept_scores"))
+
+
+def kept_scores_state(s: RunSetup, loop: LoopState) -> list[torch.Tensor] | None:
+    """Score mode "training": every head's kept scores (float32 N x K, CPU), for the checkpoint; else None.
+
+    Saved because they cannot be rebuilt: each row is the image's output at its last training batch (some
+    from earlier epochs, some from the first optimisation's pass), and a resumed run that rescored them
+    would solve on other numbers than the uninterrupted run.
+    """
+    from sela_edu.training.labelstep import has_kept_scores, keeps_head_outputs
+
+    if not (keeps_head_outputs(s.config) and has_kept_scores(loop, len(s.ks))):
+        return None
+    return [loop.score_buffers[h].log_scores.cpu() for h in range(len(s.ks))]
+
+
+def restore_kept_scores(s: RunSetup, loop: LoopState, saved: list[torch.Tensor] | None) -> None:
+    """Rebuild the buffers of score mode "training" from a checkpoint's kept scores (None: nothing kept
+    yet, so the next label step scores every image, as the first one does)."""
+    from sela_edu.labelling import ScoreBuffer
+
+    loop.score_buffers = {}
+    if saved is None:
+        return
+    dtype = STORAGE_DTYPES[s.config.storage_dtype]
+    for h, (k, scores) in enumerate(zip(s.ks, saved)):
+        if tuple(scores.shape) != (len(s.data), k):
+            raise ValueError(f"the checkpoint's kept scores of head {h} are {tuple(scores.shape)}, "
+                             f"this run needs {(len(s.data), k)}")
+        buffer = ScoreBuffer(len(s.data), k, s.config.lam, storage_dtype=dtype, device=s.device, keep_scores=True)
+        buffer.log_scores.copy_(scores)
+        loop.score_buffers[h] = buffer
 
 
 def save_state(s: RunSetup, loop: LoopState) -> float:
@@ -119,9 +154,11 @@ def save_state(s: RunSetup, loop: LoopState) -> float:
             "schedule_position": loop.position, "relabel_count": loop.relabel_count,
             "has_optimised": loop.has_optimised, "history": loop.history, "rng": rng_state(s.loader),
             "indices": s.subset, "world_size": s.world, "steps_per_epoch": s.steps_per_epoch,
+            "kept_scores": kept_scores_state(s, loop),
         })
     dist_utils.barrier()
     return time.perf_counter() - t0
 
 
-__all__ = ['LoopState', 'rng_state', 'set_rng_state', 'check_resumable', 'restore', 'save_state']
+__all__ = ['LoopState', 'rng_state', 'set_rng_state', 'check_resumable', 'restore', 'save_state', 'kept_scores_state',
+           'restore_kept_scores']
