@@ -1,0 +1,75 @@
+"""The GPU paths against the CPU: the label step, the scoring loop and a training run on a CUDA device.
+
+They run where a GPU is (``benchmarks/gpu_check.sh`` records them) and are skipped elsewhere.
+``SELA_TEST_DEVICE=cpu`` runs them on the CPU instead (the check script's dry run uses it to prove the
+script itself), where each comparison is then CPU against CPU.
+"""
+
+import os
+
+import pytest
+import torch
+
+from sela_edu.evaluation import score_dataset
+from sela_edu.labelling import ScoreBuffer, self_label, synthetic_scores
+from sela_edu.models import build_model
+from sela_edu.training import config_from_preset, train
+from sela_edu.data import ImageData
+
+
+def _device() -> str | None:
+    wanted = os.environ.get("SELA_TEST_DEVICE")
+    if wanted:
+        return wanted
+    return "cuda" if torch.cuda.is_available() else None
+
+
+DEVICE = _device()
+pytestmark = pytest.mark.skipif(DEVICE is None, reason="no CUDA device (SELA_TEST_DEVICE=cpu runs these on the CPU)")
+
+
+@pytest.mark.parametrize("storage", [torch.float32, torch.bfloat16])
+def test_label_step_on_the_device_gives_the_cpu_labels(storage):
+    scores = synthetic_scores(20_000, 100, seed=0)
+    cpu = self_label(scores, 10.0, storage_dtype=storage)
+    dev = self_label(scores.to(DEVICE), 10.0, storage_dtype=storage)
+    assert dev.converged and cpu.converged
+    agree = (dev.labels.cpu() == cpu.labels).float().mean().item()
+    # different reduction orders move a few near-ties; bfloat16 rounds P itself
+    assert agree > (0.999 if storage == torch.float32 else 0.99), agree
+    sizes = [torch.bincount(r.labels.cpu(), minlength=100) for r in (dev, cpu)]
+    assert (sizes[0] - sizes[1]).abs().max() <= 0.02 * 200   # 200 images per cluster
+
+
+def test_streamed_buffer_on_the_device_equals_the_dense_solve():
+    scores = synthetic_scores(10_000, 50, seed=1).to(DEVICE)
+    buf = ScoreBuffer(10_000, 50, 10.0, storage_dtype=torch.bfloat16, device=DEVICE)
+    for start in range(0, 10_000, 3_000):
+        buf.add(scores[start:start + 3_000])
+    streamed, dense = self_label(buf), self_label(scores, 10.0, storage_dtype=torch.bfloat16)
+    assert torch.equal(streamed.labels.cpu(), dense.labels.cpu())
+
+
+def test_scoring_on_the_device_matches_the_cpu():
+    torch.manual_seed(0)
+    model = build_model("smallcnn", num_heads=2, num_clusters=[10, 20], in_channels=1, image_size=28).eval()
+    images = torch.randn(300, 1, 28, 28)
+    cpu = score_dataset(model, images, outputs=("heads", "features"), batch_size=128)
+    dev = score_dataset(model.to(DEVICE), images, outputs=("heads", "features"), batch_size=128, device=DEVICE)
+    torch.testing.assert_close(dev["features"], cpu["features"], rtol=1e-3, atol=1e-3)
+    for a, b in zip(dev["heads"], cpu["heads"]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_training_runs_on_the_device_with_mixed_precision():
+    g = torch.Generator().manual_seed(0)
+    data = ImageData("fashion-mnist",  # a made-up set with Fashion-MNIST's shape and augmentation
+                     torch.randint(0, 256, (512, 1, 28, 28), generator=g, dtype=torch.uint8), torch.arange(512) % 10,
+                     [str(i) for i in range(10)], (0.5,), (0.25,))
+    config = config_from_preset("smoke", dataset="fashion-mnist", device=DEVICE, amp=True, max_images=None)
+    result = train(config, data, progress=False)
+    assert next(result.model.parameters()).device.type == torch.device(DEVICE).type
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
+    assert result.labels.shape == (2, 512)
+    for head, k in enumerate(config.cluster_list()):
+        assert torch.bincount(result.labels[head], minlength=k).min() > 0
