@@ -1,0 +1,291 @@
+"""The ledger of the paper's claims (notebook 08, ``sela-edu ledger``): each claim as data, with the
+paper's statement, the paper's figure and where it comes from, the runs it compares, the measure, and
+the rule that turns the measured numbers into a verdict.
+
+A claim names *settings* (``"sela"``, ``"kmeans-heavy"``, ``"k30x1"``, ...), not runs: every setting
+runs once per seed (:mod:`sela_edu.course.ledger_runs`), and settings shared between claims run once
+(the plain SeLa run is the baseline of claims 2, 3, 4, 7 and 8). The verdict rules:
+
+* :class:`Beats`: "A is better than B". Reproduces when A's mean is ahead by more than the spread over
+  seeds (the sum of the two standard deviations, as :func:`sela_edu.course.verdicts.compare`), does not
+  reproduce when it is behind by more than the spread, else "within the spread".
+* :class:`Close`: "A comes close to B" (within ``tolerance``; ``two_sided``: above or below).
+  Reproduces when the gap is within the tolerance, "within the spread" when it misses by no more than
+  the spread, else does not reproduce.
+* :class:`InRange`: "the measure lies in [low, high]" (claim 9's growth exponents), the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+REPRODUCES = "reproduces"
+DOES_NOT = "does not reproduce"
+WITHIN = "within the spread"
+NOT_RUN = "not run"
+VERDICTS = (REPRODUCES, DOES_NOT, WITHIN)
+
+#: what each measure is, for the table; accuracies are % on the test split, NMI in [0, 1]
+MEASURES = {
+    "knn": ("weighted kNN (k = 10) %", 1),
+    "linear": ("linear probe %", 1),
+    "nmi": ("NMI of head 0 on the test split", 3),
+    "nonempty": ("share of clusters still holding an image", 2),
+    "slope_n": ("growth exponent of the solve time in N", 2),
+    "slope_k": ("growth exponent of the solve time in K", 2),
+    "seconds_kit": ("seconds of the kit's label step", 3),
+    "seconds_reference": ("seconds of the official algorithm", 3),
+}
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A rule applied to the numbers: the verdict, and the numbers behind it."""
+
+    verdict: str
+    measured: str       #: the measured means +- std over seeds, as the table prints them
+    margin: float       #: how far the claim holds (> 0) or fails (< 0), in the measure's unit
+    spread: float       #: the spread over seeds the margin is weighed against
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value) of the values over seeds."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("no values to summarise")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _shown(name: str, values: Sequence[float], decimals: int) -> str:
+    mean, std = mean_std(values)
+    return f"{name} {mean:.{decimals}f} +- {std:.{decimals}f}"
+
+
+def _verdict(margin: float, spread: float, *, needs_clear: bool) -> str:
+    """``needs_clear``: the claim is a difference, so it must exceed the spread to count (Beats);
+    otherwise a margin >= 0 is enough (Close, InRange: the claim is a bound)."""
+    if not math.isfinite(margin):
+        return NOT_RUN
+    if margin > spread or (not needs_clear and margin >= 0):
+        return REPRODUCES
+    if margin < -spread:
+        return DOES_NOT
+    return WITHIN
+
+
+@dataclass(frozen=True)
+class Beats:
+    """Setting ``a`` is better than setting ``b`` on ``measure`` (lower is better for times)."""
+
+    a: str
+    b: str
+    measure: str
+    lower_is_better: bool = False
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        return (self.a, self.b)
+
+    def judge(self, values: Mapping[str, Sequence[float]]) -> Judgement:
+        (ma, sa), (mb, sb) = mean_std(values[self.a]), mean_std(values[self.b])
+        margin = (mb - ma) if self.lower_is_better else (ma - mb)
+        decimals = MEASURES[self.measure][1]
+        measured = f"{_shown(self.a, values[self.a], decimals)} vs {_shown(self.b, values[self.b], decimals)}"
+        return Judgement(_verdict(margin, sa + sb, needs_clear=True), measured, margin, sa + sb)
+
+
+@dataclass(frozen=True)
+class Close:
+    """Setting ``a`` is within ``tolerance`` of setting ``b`` on ``measure``; one-sided
+    (``two_sided=False``): ``a`` is not more than ``tolerance`` below ``b`` (being above is fine)."""
+
+    a: str
+    b: str
+    measure: str
+    tolerance: float
+    two_sided: bool = True
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        return (self.a, self.b)
+
+    def judge(self, values: Mapping[str, Sequence[float]]) -> Judgement:
+        (ma, sa), (mb, sb) = mean_std(values[self.a]), mean_std(values[self.b])
+        gap = abs(ma - mb) if self.two_sided else max(mb - ma, 0.0)
+        decimals = MEASURES[self.measure][1]
+        measured = f"{_shown(self.a, values[self.a], decimals)} vs {_shown(self.b, values[self.b], decimals)}"
+        margin = self.tolerance - gap
+        return Judgement(_verdict(margin, sa + sb, needs_clear=False), measured, margin, sa + sb)
+
+
+@dataclass(frozen=True)
+class InRange:
+    """The mean of setting ``a``'s ``measure`` lies in [``low``, ``high``]."""
+
+    a: str
+    measure: str
+    low: float
+    high: float
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        return (self.a,)
+
+    def judge(self, values: Mapping[str, Sequence[float]]) -> Judgement:
+        mean, std = mean_std(values[self.a])
+        margin = min(mean - self.low, self.high - mean)
+        measured = f"{_shown(self.a, values[self.a], MEASURES[self.measure][1])} (claim: {self.low:g} to {self.high:g})"
+        return Judgement(_verdict(margin, std, needs_clear=False), measured, margin, std)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One row of the ledger: ``id`` ("2a": the issue's claim 2, first test), the paper's
+    ``statement``, the paper's figure beside it (``paper``) and where that figure comes from
+    (``source``), and the ``rule`` applied to the measured numbers."""
+
+    id: str
+    statement: str
+    paper: str
+    source: str
+    rule: Beats | Close | InRange
+
+    @property
+    def number(self) -> int:
+        """The paper's claim this row tests (the issue's numbering, 1 to 9)."""
+        return int("".join(ch for ch in self.id if ch.isdigit()))
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        return self.rule.settings
+
+    @property
+    def measure(self) -> str:
+        return self.rule.measure
+
+
+_TABLE3 = "the paper's imbalance table (CIFAR-10, one head of 128; values, not its printed differences)"
+_ABLATION = "the paper's ImageNet ablations (AlexNet, linear probes conv3/conv4/conv5)"
+
+#: The ledger: the paper's claims, each tested at small scale. Settings are defined per profile in
+#: :func:`sela_edu.course.ledger_runs.setting_specs`; ``k{K}x{h}`` is h heads of K clusters.
+CLAIMS: tuple[Claim, ...] = (
+    Claim("1", "self-labelling without equipartition collapses; with it, it does not",
+          "degenerate without the constraint (every image in one cluster); equal clusters with it",
+          "the paper's method section", Beats("collapse-sinkhorn", "collapse-argmax", "nonempty")),
+    Claim("2a", "SK pseudo-labels beat k-means pseudo-labels (kNN)", "kNN C10 72.9 vs 64.7", _TABLE3,
+          Beats("sela", "kmeans", "knn")),
+    Claim("2b", "SK pseudo-labels beat k-means pseudo-labels (linear probe)", "linear C10 79.8 vs 77.5", _TABLE3,
+          Beats("sela", "kmeans", "linear")),
+    Claim("2c", "SK pseudo-labels cluster the classes at least as well as k-means pseudo-labels (NMI)",
+          "not reported by the paper (the kit's question, issue 20 part 3)", "-", Beats("sela", "kmeans", "nmi")),
+    Claim("3a", "light imbalance barely matters (SeLa, within 1 point)", "linear C10 79.8 full vs 79.5 light",
+          _TABLE3, Close("sela-light", "sela", "linear", tolerance=1.0)),
+    Claim("3b", "heavy imbalance costs SeLa", "linear C10 79.8 full vs 77.2 heavy", _TABLE3,
+          Beats("sela", "sela-heavy", "linear")),
+    Claim("3c", "heavy imbalance costs k-means pseudo-labels", "linear C10 77.5 full vs 75.2 heavy", _TABLE3,
+          Beats("kmeans", "kmeans-heavy", "linear")),
+    Claim("3d", "under heavy imbalance SK still beats k-means", "linear C10 77.2 vs 75.2", _TABLE3,
+          Beats("sela-heavy", "kmeans-heavy", "linear")),
+    Claim("4a", "no label optimisation is far worse", "[3k x 1] conv5 13.4 (0 optimisations) vs 40.9 (80)",
+          _ABLATION, Beats("sela", "nopts-0", "linear")),
+    Claim("4b", "more label optimisations help (half the schedule's vs the schedule's)",
+          "conv5 39.2 (40) vs 40.9 (80)", _ABLATION, Beats("sela", "nopts-half", "linear")),
+    Claim("4c", "... up to a point: twice as many change little (within 1 point)", "conv5 40.9 (80) vs 40.7 (160)",
+          _ABLATION, Close("nopts-double", "sela", "linear", tolerance=1.0)),
+    Claim("5a", "over-clustering (3x the classes) beats K = the number of classes",
+          "conv5 40.9 [3k x 1] vs 38.8 [1k x 1]", _ABLATION, Beats("k-over3", "k-classes", "linear")),
+    Claim("5b", "over-clustering (10x the classes) beats K = the number of classes",
+          "conv5 39.7 [10k x 1] vs 38.8 [1k x 1]", _ABLATION, Beats("k-over10", "k-classes", "linear")),
+    Claim("5c", "over-clustering (30x the classes) beats K = the number of classes",
+          "no such setting in the paper (largest: 10k = 10x)", "-", Beats("k-over30", "k-classes", "linear")),
+    Claim("6", "several heads beat one (same K)",
+          "46.7 [3k x 10] (the label-transfer row, best layer) vs 44.7 [3k x 1] (conv4)", _ABLATION,
+          Beats("heads-several", "k-over3", "linear")),
+    Claim("7", "labels transfer: a fresh network trained on them comes within 1 point of the one that made them",
+          "46.5 (fresh AlexNet on AlexNet's [3k x 10] labels) vs 46.7", "the paper's label-transfer experiment",
+          Close("transfer", "sela", "linear", tolerance=1.0, two_sided=False)),
+    Claim("8", "+Rot improves the features", "SeLa + Rot above SeLa (figures not in the kit's reference notes)",
+          "the paper's ImageNet table", Beats("rot", "sela", "linear")),
+    Claim("9a", "the label step is linear in N", "O(NK) per iteration",
+          "the paper's method section", InRange("timing", "slope_n", 0.75, 1.25)),
+    Claim("9b", "the label step is linear in K", "O(NK) per iteration",
+          "the paper's method section", InRange("timing", "slope_k", 0.75, 1.25)),
+    Claim("9c", "the label step is fast: the kit's solver beats the official algorithm on the same scores",
+          "ImageNet (1.28M x 3000) within 2 minutes on a GPU", "the paper's implementation notes",
+          Beats("timing", "timing-reference", "seconds_kit", lower_is_better=True)),
+)
+
+
+def claims_for(only: Sequence[str] | None = None, claims: Sequence[Claim] = CLAIMS) -> list[Claim]:
+    """The claims ``only`` names: "2" selects 2a, 2b and 2c; "2b" only that row (None: all).
+    Raises ValueError naming unknown ids."""
+    if not only:
+        return list(claims)
+    chosen = [c for c in claims if c.id in only or str(c.number) in only]
+    known = {c.id for c in claims} | {str(c.number) for c in claims}
+    unknown = [o for o in only if o not in known]
+    if unknown:
+        raise ValueError(f"unknown claim(s) {unknown}; the ledger's claims are {sorted(known, key=_claim_order)}")
+    return chosen
+
+
+def _claim_order(text: str):
+    digits = "".join(ch for ch in text if ch.isdigit())
+    return (int(digits or 0), text)
+
+
+def values_by_setting(results: Mapping[str, Mapping], measure: str) -> dict[str, list[float]]:
+    """``{setting: [the measure of each seed's run]}`` from the stored run results (keyed by run name).
+    Claim 9c compares two measures of one run: its ``seconds_reference`` is filed under the setting
+    ``"timing-reference"`` so that the rules compare settings only."""
+    values: dict[str, list[float]] = {}
+    for result in results.values():
+        measures = result["measures"]
+        if measure in measures:
+            values.setdefault(result["setting"], []).append(float(measures[measure]))
+        if measure == "seconds_kit" and "seconds_reference" in measures:
+            values.setdefault("timing-reference", []).append(float(measures["seconds_reference"]))
+    return values
+
+
+def judge(claim: Claim, results: Mapping[str, Mapping]) -> Judgement:
+    """The claim's rule applied to the stored results; ``not run`` when a setting has no result."""
+    values = values_by_setting(results, claim.measure)
+    missing = [s for s in claim.settings if not values.get(s)]
+    if missing:
+        return Judgement(NOT_RUN, f"missing: {', '.join(missing)}", float("nan"), float("nan"))
+    return claim.rule.judge(values)
+
+
+def ledger_rows(results: Mapping[str, Mapping], claims: Sequence[Claim] = CLAIMS) -> list[dict]:
+    """One row per claim: id, claim, paper (figure and source), measure, measured, verdict."""
+    rows = []
+    for claim in claims:
+        j = judge(claim, results)
+        rows.append({"claim": claim.id, "statement": claim.statement, "paper": claim.paper, "source": claim.source,
+                     "measure": MEASURES[claim.measure][0], "measured": j.measured, "verdict": j.verdict})
+    return rows
+
+
+def format_table(rows: Sequence[Mapping]) -> str:
+    """The rows as a Markdown table (what ``sela-edu ledger`` prints and the notebook shows)."""
+    head = "| claim | statement | paper | measure | measured (mean +- std over seeds) | verdict |"
+    lines = [head, "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['claim']} | {r['statement']} | {r['paper']} | {r['measure']} | {r['measured']} "
+                     f"| {r['verdict']} |")
+    return "\n".join(lines)
+
+
+def verdict_counts(rows: Sequence[Mapping]) -> dict[str, int]:
+    """How many rows got each verdict (and how many were not run)."""
+    return {v: sum(r["verdict"] == v for r in rows) for v in (*VERDICTS, NOT_RUN)}
+
+
+__all__ = ["REPRODUCES", "DOES_NOT", "WITHIN", "NOT_RUN", "VERDICTS", "MEASURES", "Judgement", "mean_std",
+           "Beats", "Close", "InRange", "Claim", "CLAIMS", "claims_for", "values_by_setting", "judge",
+           "ledger_rows", "format_table", "verdict_counts"]
