@@ -27,11 +27,13 @@ from sela_edu.apps.pretrained.preact import PreActResNet50
 from sela_edu.apps.pretrained.registry import PretrainedError
 from sela_edu.models import MultiHeadNet, build_model
 
+
 _HEAD_RE = re.compile(r"^top_layer(\d*)\.(weight|bias)$")
 _RESNETV1_STAGES = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
 
 
 def without_data_parallel(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict with every ``module.`` segment of its keys dropped (what ``DataParallel`` adds)."""
     out = {}
     for key, value in state.items():
         parts = [p for p in key.split(".") if p != "module"]

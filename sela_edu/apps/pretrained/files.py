@@ -31,13 +31,15 @@ def cache_dir() -> Path:
 
 
 def is_offline(offline: bool | None) -> bool:
+    """``offline`` when given, else ``$SELA_OFFLINE`` (1, true, yes): never download."""
     if offline is not None:
         return bool(offline)
     return os.environ.get("SELA_OFFLINE", "").strip().lower() in ("1", "true", "yes")
 
 
 def missing_file_error(what: str, url: str, target: Path, cause: str = "",
-             where: str = "set $SELA_CACHE to the folder that holds it") -> FileNotFoundError:
+                       where: str = "set $SELA_CACHE to the folder that holds it") -> FileNotFoundError:
+    """The error for a file that is not here and cannot be downloaded: its URL and where to put it."""
     why = f" ({cause})" if cause else ""
     return FileNotFoundError(
         f"{what} is not in the cache and cannot be downloaded here{why}. On a machine with internet, "
@@ -45,6 +47,7 @@ def missing_file_error(what: str, url: str, target: Path, cause: str = "",
 
 
 def download_to(url: str, target: Path, progress: bool) -> None:
+    """Download ``url`` to ``target`` through a ``.part`` file, so an interrupted download leaves no file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
     try:
@@ -92,6 +95,7 @@ def verify_file(path: Path, expected_sha256: str | None = None) -> str:
 
 
 def record_sha(path: Path, digest: str) -> None:
+    """Write ``<file>.sha256`` after the first successful load (later loads check against it)."""
     recorded = path.with_name(path.name + ".sha256")
     if not recorded.is_file():
         recorded.write_text(f"{digest}  {path.name}\n")
@@ -134,7 +138,8 @@ def fetch(name: str, *, cache: str | os.PathLike | None = None, offline: bool | 
             try:
                 download_to(spec.url, archive, progress)
             except OSError as exc:
-                raise missing_file_error(f"{spec.filename} (inside pretrained.zip)", spec.url, archive, str(exc)) from exc
+                raise missing_file_error(f"{spec.filename} (inside pretrained.zip)", spec.url, archive,
+                                         str(exc)) from exc
         check_zip(archive)
         with zipfile.ZipFile(archive) as zf:
             members = {Path(m).name: m for m in zf.namelist() if not m.endswith("/")}

@@ -90,7 +90,6 @@ RELEASED_LABELS = {
 }
 
 
-
 def released_spec(name: str) -> ReleasedModel:
     """The registry entry of ``name`` (case, ``_`` or ``-`` as the user types it); ValueError listing the names."""
     key = name.strip().lower().replace("_", "-")

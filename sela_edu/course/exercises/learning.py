@@ -74,7 +74,8 @@ def check_weighted_knn_vote(fn: Callable, *, quiet: bool = False) -> None:
     test = torch.nn.functional.normalize(torch.randn(n, 5, generator=g, dtype=torch.float64), dim=1)
     sims, idx = (test @ train.T).topk(k, dim=1)
     want = weighted_knn(train, train_y, test, k=k, sigma=temperature, num_classes=classes).numpy()
-    out = call_answer(fn, sims.numpy().copy(), train_y[idx].numpy().copy(), classes, temperature, what="weighted_knn_vote")
+    out = call_answer(fn, sims.numpy().copy(), train_y[idx].numpy().copy(), classes, temperature,
+                      what="weighted_knn_vote")
     got = as_numbers(out, "the predictions")
     if got.shape != (n,):
         hint = " (did you return the vote totals? take the argmax over classes)" if got.shape == (n, classes) else ""
