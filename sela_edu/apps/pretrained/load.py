@@ -151,8 +151,8 @@ def load_released(name: str, *, cache: str | os.PathLike | None = None, offline:
     """Download (once) and load a released checkpoint by name (see :data:`RELEASED`, :func:`list_released`).
 
     Returns a :class:`Pretrained`: the kit model in eval mode, ready for
-    :func:`sela_edu.evaluation.score_dataset` / :func:`~sela_edu.evaluation.evaluate` on 224 px ImageNet-normalised images; its heads are
-    the trained clustering heads; ``labels`` holds the ImageNet pseudo-labels stored in the file (the
+    :func:`sela_edu.evaluation.score_dataset` or :func:`~sela_edu.evaluation.evaluate` on 224 px
+    ImageNet-normalised images; its heads are the trained clustering heads; ``labels`` holds the ImageNet pseudo-labels stored in the file (the
     torchvision-format files), else None.
     """
     spec = released_spec(name)
