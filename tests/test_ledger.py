@@ -155,3 +155,11 @@ def test_smoke_ledger_runs_every_claim(tmp_path):
     results = run_ledger("smoke", tmp_path, progress=False, log=lambda s: None)
     rows = ledger_rows(results)
     assert len(rows) == len(CLAIMS) and all(r["verdict"] in ledger.VERDICTS for r in rows), rows
+
+
+def test_cli_ledger_names_an_unknown_claim_before_running(tmp_path, capsys):
+    from sela_edu.cli import main
+
+    code = main(["ledger", "--profile", "smoke", "--out", str(tmp_path), "--only", "12"])
+    assert code != 0 and "'12'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
