@@ -94,6 +94,16 @@ def test_feature_loader_yields_indexed_batches_seeded_per_epoch():
 # --------------------------------------------------------------------------------------------- the preset
 
 
+def test_folder_backbone_preset_is_the_classroom_sgd_on_feature_vectors():
+    preset, classroom = config_from_preset("folder-backbone"), config_from_preset("classroom")
+    differences = {k: v for k, v in preset.to_dict().items() if classroom.to_dict()[k] != v}
+    assert differences == {"dataset": "folder", "arch": "feature-mlp", "num_heads": 1, "num_clusters": 10,
+                           "epochs": 50, "nopts": 50, "nopt_schedule": "even"}
+    # the SGD that trained label --backbone's heads before they were a mode of the trainer
+    assert (preset.lr, preset.momentum, preset.weight_decay, preset.lr_schedule, preset.batch_size) == \
+        (0.05, 0.9, 5e-4, "cosine", 256)
+
+
 def test_folder_backbone_preset_sizes_to_the_folder():
     assert "folder-backbone" in SUMMARIES and PRESETS["folder-backbone"]["arch"] == "feature-mlp"
     config = folder_backbone_config(60, [3, 4], seed=2)

@@ -443,6 +443,5 @@ def _kit_model(model: nn.Module, mean: list[float], std: list[float]) -> dict:
             "data": {"mean": mean, "std": std}}
 
 
-
 __all__ = ["LoadedImages", "LabelFolderResult", "list_files", "load_folder_images", "label_folder",
            "default_epochs", "score_images", "label_step_labels", "assigned_confidence"]
