@@ -129,6 +129,7 @@ def run_one(method: str, seed: int, overrides: dict, train_data, test_data, args
     head10 = config.cluster_list().index(10)
     t0 = time.perf_counter()
     unconverged = passes = 0
+    relabel_share = None
     if not arm.trains:
         model, labels10 = random_init_model(config, train_data).to(pick_device(args.device)), None
     else:
@@ -137,23 +138,41 @@ def run_one(method: str, seed: int, overrides: dict, train_data, test_data, args
         steps = result.label_steps()
         unconverged = sum(not r["converged"] for r in steps)
         passes = max((r["passes"] for r in steps), default=0)
+        relabel_share = result.timings["relabel_seconds"] / result.timings["seconds"]
     train_minutes = (time.perf_counter() - t0) / 60
     if not arm.own_labels:
         labels10 = relabel(model, train_data, lam=config.lam, heads=[head10])[0].labels.cpu()
     row = {"method": method, "seed": seed, "train_minutes": train_minutes, "labels_from": arm.labels_from,
            "nmi": nmi(train_data.targets, labels10), "ari": ari(train_data.targets, labels10),
            **frozen_scores(model, config, train_data, test_data),
-           "unconverged_label_steps": unconverged, "most_passes": passes}
+           "unconverged_label_steps": unconverged, "most_passes": passes, "relabel_share": relabel_share}
     log(f"{method:<10} seed {seed}: {train_minutes:4.1f} min  NMI {row['nmi']:.3f}  ARI {row['ari']:.3f}  "
         f"kNN {row['knn_feature']:.1f} / {row['knn_conv']:.1f} %  linear {row['linear_feature']:.1f} / "
-        f"{row['linear_conv']:.1f} % (feature / conv)")
+        f"{row['linear_conv']:.1f} % (feature / conv)"
+        + ("" if relabel_share is None else f"  relabelling {100 * relabel_share:.1f} % of training"))
     return row
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``--set`` items as config fields: numbers, lists, true/false as JSON; anything else as a string."""
+    overrides = {}
+    for item in items:
+        field, _, value = item.partition("=")
+        try:
+            overrides[field] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[field] = value
+    return overrides
 
 
 def merged_rows(results: dict) -> list[dict]:
     """The rows of one fashion_study.json, each method named with the ``--set`` overrides its run had
-    ("sela head_temperature=0.1"), so that an ablation merges as a variant of its method, not into it."""
-    tag = " ".join(results["settings"].get("set") or [])
+    ("sela head_temperature=0.1"), so that an ablation merges as a variant of its method, not into it.
+    An override that sets the preset's own value ("score_mode=plain") makes no variant."""
+    preset = config_from_preset("classroom").to_dict()
+    variant = [item for item in results["settings"].get("set") or []
+               if any(preset.get(field) != value for field, value in parse_overrides([item]).items())]
+    tag = " ".join(variant)
     return [{**row, "method": f"{row['method']} {tag}".strip()} for row in results["rows"]]
 
 
@@ -240,13 +259,7 @@ def main(argv=None) -> list[dict]:
         return rows
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {}
-    for item in args.set:
-        field, _, value = item.partition("=")
-        try:  # numbers, lists, true/false as JSON; anything else as a string
-            overrides[field] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[field] = value
+    overrides = parse_overrides(args.set)
     train_data = load_dataset(args.dataset, "train", root=args.root)
     test_data = load_dataset(args.dataset, "test", root=args.root)
     print(f"classroom preset with {overrides or 'no overrides'}; {len(train_data)} training images, "

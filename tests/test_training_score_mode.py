@@ -4,7 +4,10 @@ the label step solves on them, with one scoring pass (the first optimisation's) 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -234,3 +237,15 @@ def test_two_gloo_ranks_refuse_training_mode(tmp_path):
     mp.spawn(_worker, args=(dist_utils.free_port(), str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         assert "score_mode='plain'" in (tmp_path / f"rank{rank}.txt").read_text()
+
+
+def test_the_study_merges_the_preset_value_as_the_method_itself(monkeypatch):
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "fashion_study.py"
+    spec = importlib.util.spec_from_file_location("fashion_study", path)
+    study = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, study)  # dataclasses look their module up there
+    spec.loader.exec_module(study)
+    row = {"method": "sela", "seed": 0}
+    plain = study.merged_rows({"settings": {"set": ["score_mode=plain"]}, "rows": [row]})
+    kept = study.merged_rows({"settings": {"set": ["score_mode=training", "epochs=20"]}, "rows": [row]})
+    assert [r["method"] for r in plain + kept] == ["sela", "sela score_mode=training"]

@@ -7,6 +7,8 @@ Training alternates two steps, as in the paper and the official code:
    network scores the whole data set without augmentation; the scores are streamed batch by batch
    into one :class:`~sela_edu.labelling.ScoreBuffer` per head, and Sinkhorn-Knopp
    (:func:`~sela_edu.labelling.self_label`) turns them into equipartitioned labels for every head.
+   With ``score_mode="training"`` only the first optimisation scores the data set: the training pass
+   keeps every image's latest head outputs in those buffers, and later label steps solve on them.
 2. **Representation learning.** Between optimisations, SGD on the mean over heads of the
    cross-entropy against the current labels, on augmented images.
 
