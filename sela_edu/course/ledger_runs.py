@@ -26,7 +26,6 @@ from sela_edu.course.ledger import CLAIMS, Claim, claims_for
 
 #: bump when the stored result's shape changes: older files then get a clear error instead of a wrong table
 RESULT_FORMAT = 1
-KINDS = ("train", "transfer", "collapse", "timing")
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class LedgerProfile:
 
 
 PROFILES: dict[str, LedgerProfile] = {
-    # seconds: two seeds of the smoke preset on the digits, one epoch on 320 images (at least the 300 clusters of claim 5c)
+    # seconds: two seeds of the smoke preset on the digits, one epoch on 320 images (claim 5c needs 300)
     "smoke": LedgerProfile(
         "smoke", "digits", "smoke", dict(epochs=1, max_images=320, device="cpu"), (0, 1), None,
         collapse=dict(images=300, rounds=2, steps=5, clusters=10, lr=0.02, lam=10.0),
@@ -272,7 +271,7 @@ def seconds_by_setting(results: Mapping[str, Mapping[str, Any]]) -> dict[str, fl
     return {s: sum(v) / len(v) for s, v in by.items()}
 
 
-__all__ = ["RESULT_FORMAT", "KINDS", "LedgerProfile", "PROFILES", "get_profile", "Setting", "base_config",
+__all__ = ["RESULT_FORMAT", "LedgerProfile", "PROFILES", "get_profile", "Setting", "base_config",
            "setting_specs", "Run", "plan", "LedgerFileError", "result_path", "write_result", "read_result",
            "read_results", "run_ledger", "total_seconds", "seconds_by_setting"]
 
