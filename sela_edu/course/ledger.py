@@ -203,7 +203,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("5c", "over-clustering (30x the classes) beats K = the number of classes",
           "no such setting in the paper (largest: 10k = 10x)", "-", Beats("k-over30", "k-classes", "linear")),
     Claim("6", "several heads beat one (same K)",
-          "46.7 [3k x 10] (the label-transfer row, best layer) vs 44.7 [3k x 1] (conv4)", _ABLATION,
+          "46.7 [3k x 10] (the label-transfer row; its layer is not in the notes) vs 44.7 [3k x 1] (conv4)", _ABLATION,
           Beats("heads-several", "k-over3", "linear")),
     Claim("7", "labels transfer: a fresh network trained on them comes within 1 point of the one that made them",
           "46.5 (fresh AlexNet on AlexNet's [3k x 10] labels) vs 46.7", "the paper's label-transfer experiment",
