@@ -234,6 +234,20 @@ def _cmd_presets(args) -> int:
     return 0
 
 
+def _cmd_ledger(args) -> int:
+    """The ledger of the paper's claims (sela_edu.course.ledger): run what the results folder lacks, print the table."""
+    from sela_edu.course.ledger import claims_for, format_table, ledger_rows
+    from sela_edu.course.ledger_runs import run_ledger, total_seconds
+
+    claims = claims_for(args.only)   # unknown ids fail here, before any run
+    recorded = settings.home() / "docs" / "ledger"
+    out = args.out or (recorded if args.profile == "classroom" else settings.results_dir() / f"ledger-{args.profile}")
+    results = run_ledger(args.profile, out, only=args.only)
+    print(format_table(ledger_rows(results, claims)))
+    print(f"{len(results)} runs in {out}, {total_seconds(results) / 60:.1f} min of machine time")
+    return 0
+
+
 def _cmd_label(args) -> int:
     """Self-label a folder of images (sela_edu.apps.label_folder)."""
     from sela_edu.apps.label_folder import label_folder
@@ -345,6 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the named training settings (for train --preset), one line each")
     p.set_defaults(func=_cmd_presets)
+
+    p = sub.add_parser("ledger", help="the paper's claims tested: run what the results folder lacks, print the table")
+    p.add_argument("--out", default=None, help="results folder (default: the recorded docs/ledger at classroom, "
+                   "<results>/ledger-smoke at smoke)")
+    p.add_argument("--profile", default="classroom", choices=("smoke", "classroom"))
+    p.add_argument("--only", nargs="+", default=None, metavar="CLAIM", help='claims to run, e.g. 2 7 or 3a')
+    p.set_defaults(func=_cmd_ledger)
 
     p = sub.add_parser("train", help="train from a preset (what torchrun launches)")
     p.add_argument("--preset", default="classroom")
