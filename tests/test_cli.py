@@ -10,6 +10,7 @@ import pytest
 
 from sela_edu import cli, course, settings
 from sela_edu import data
+from sela_edu.course.runner import NOTEBOOKS
 
 
 def test_parse_value_reads_json_or_keeps_strings():
@@ -115,7 +116,7 @@ def test_run_command_end_to_end(tmp_path, capsys):
 
 def test_student_command(tmp_path, capsys):
     assert cli.main(["student", "--output", str(tmp_path)]) == 0
-    assert "student edition: 7 notebooks" in capsys.readouterr().out
+    assert f"student edition: {len(NOTEBOOKS)} notebooks" in capsys.readouterr().out
 
 
 def test_errors_exit_with_a_message(capsys):
@@ -134,7 +135,7 @@ def test_python_dash_m_entry_point():
 def test_instructor_command(tmp_path, capsys):
     assert cli.main(["instructor", "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "instructor edition (nbgrader source): 7 notebooks" in out and "nbgrader generate_assignment" in out
+    assert f"instructor edition (nbgrader source): {len(NOTEBOOKS)} notebooks" in out and "nbgrader generate_assignment" in out
     assert "### BEGIN HIDDEN TESTS" in (tmp_path / "01_optimal_transport_toy.ipynb").read_text()
 
 

@@ -257,6 +257,43 @@ def test_column_max():
             exercises.check_column_max(wrong, quiet=True)
 
 
+# ---------------------------------------------------------------- 08: the ledger's verdict rule
+
+def verdict_right(a, b):
+    import statistics
+
+    spread = sum(statistics.stdev(x) if len(x) > 1 else 0.0 for x in (a, b))
+    margin = statistics.fmean(a) - statistics.fmean(b)
+    return "reproduces" if margin > spread else "does not reproduce" if margin < -spread else "within the spread"
+
+
+def verdict_with(*, ddof=1, spread_of=sum, flip=False):
+    """A verdict rule with one foreseeable mistake."""
+    def verdict(a, b):
+        a, b = np.asarray(a, float), np.asarray(b, float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            spread = spread_of([x.std(ddof=ddof) for x in (a, b)])
+        margin = (b.mean() - a.mean()) if flip else (a.mean() - b.mean())
+        return "reproduces" if margin > spread else "does not reproduce" if margin < -spread else "within the spread"
+    return verdict
+
+
+def test_beats_verdict():
+    exercises.check_beats_verdict(verdict_right, quiet=True)
+    with pytest.warns(RuntimeWarning):       # numpy's nan std of a single seed: the one-seed hint
+        with pytest.raises(ExerciseFailure, match="one value is nan"):
+            exercises.check_beats_verdict(verdict_with(), quiet=True)
+    for wrong, hint in [
+        (verdict_with(ddof=0), "not the population one"),
+        (verdict_with(spread_of=max), "not the larger one"),
+        (verdict_with(flip=True), "other way round"),
+        (verdict_with(spread_of=lambda spreads: 0.0), "larger than the spread"),
+        (lambda a, b: "yes", "return one of"),
+    ]:
+        with pytest.raises(ExerciseFailure, match=hint):
+            exercises.check_beats_verdict(wrong, quiet=True)
+
+
 # ---------------------------------------------------------------- every exercise
 
 @pytest.mark.parametrize("name", sorted(exercises.EXERCISES))
@@ -304,8 +341,14 @@ def kit_matched_agreement(a, b):
     return cluster_accuracy(a, b)
 
 
+def kit_beats_verdict(a, b):
+    from sela_edu.course.ledger import Beats
+
+    return Beats("a", "b", "knn").judge({"a": a, "b": b}).verdict
+
+
 KIT_ANSWERS = {"sinkhorn_step": kit_sinkhorn_step, "size_spread": kit_size_spread,
-               "matched_agreement": kit_matched_agreement}
+               "matched_agreement": kit_matched_agreement, "beats_verdict": kit_beats_verdict}
 
 
 @pytest.mark.parametrize("name", sorted(KIT_ANSWERS))

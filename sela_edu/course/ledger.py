@@ -26,6 +26,7 @@ REPRODUCES = "reproduces"
 DOES_NOT = "does not reproduce"
 WITHIN = "within the spread"
 NOT_RUN = "not run"
+NOT_RECORDED = "not recorded"     #: a recorded ledger that is only read lacks the row's runs
 VERDICTS = (REPRODUCES, DOES_NOT, WITHIN)
 
 #: what each measure is, for the table; accuracies are % on the test split, NMI in [0, 1]
@@ -261,13 +262,21 @@ def judge(claim: Claim, results: Mapping[str, Mapping]) -> Judgement:
     return claim.rule.judge(values)
 
 
-def ledger_rows(results: Mapping[str, Mapping], claims: Sequence[Claim] = CLAIMS) -> list[dict]:
-    """One row per claim: id, claim, paper (figure and source), measure, measured, verdict."""
+def ledger_rows(results: Mapping[str, Mapping], claims: Sequence[Claim] = CLAIMS, *,
+                record_command: str | None = None) -> list[dict]:
+    """One row per claim: id, claim, paper (figure and source), measure, measured, verdict.
+
+    ``record_command`` (e.g. ``"sela-edu ledger --profile classroom"``): the results are a recorded
+    ledger that is only read, so a row whose runs are missing is "not recorded" and names the command
+    that records it, instead of listing the missing settings."""
     rows = []
     for claim in claims:
         j = judge(claim, results)
+        measured, verdict = j.measured, j.verdict
+        if verdict == NOT_RUN and record_command:
+            measured, verdict = f"record it: `{record_command} --only {claim.id}`", NOT_RECORDED
         rows.append({"claim": claim.id, "statement": claim.statement, "paper": claim.paper, "source": claim.source,
-                     "measure": MEASURES[claim.measure][0], "measured": j.measured, "verdict": j.verdict})
+                     "measure": MEASURES[claim.measure][0], "measured": measured, "verdict": verdict})
     return rows
 
 
@@ -282,10 +291,10 @@ def format_table(rows: Sequence[Mapping]) -> str:
 
 
 def verdict_counts(rows: Sequence[Mapping]) -> dict[str, int]:
-    """How many rows got each verdict (and how many were not run)."""
-    return {v: sum(r["verdict"] == v for r in rows) for v in (*VERDICTS, NOT_RUN)}
+    """How many rows got each verdict (and how many were not run, or not recorded)."""
+    return {v: sum(r["verdict"] == v for r in rows) for v in (*VERDICTS, NOT_RUN, NOT_RECORDED)}
 
 
-__all__ = ["REPRODUCES", "DOES_NOT", "WITHIN", "NOT_RUN", "VERDICTS", "MEASURES", "Judgement", "mean_std",
-           "Beats", "Close", "InRange", "Claim", "CLAIMS", "claims_for", "values_by_setting", "judge",
+__all__ = ["REPRODUCES", "DOES_NOT", "WITHIN", "NOT_RUN", "NOT_RECORDED", "VERDICTS", "MEASURES", "Judgement",
+           "mean_std", "Beats", "Close", "InRange", "Claim", "CLAIMS", "claims_for", "values_by_setting", "judge",
            "ledger_rows", "format_table", "verdict_counts"]

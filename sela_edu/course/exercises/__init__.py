@@ -26,10 +26,12 @@ function refused (:func:`without_kit`), so an answer that only calls it fails.
 | :func:`check_size_spread` | 05 | ``size_spread(labels, k) -> (smallest, largest)`` cluster size relative to N/K |
 | :func:`check_matched_agreement` | 06 | ``matched_agreement(labels_a, labels_b)``: agreement after matching ids one to one |
 | :func:`check_column_max` | 07 | ``column_max(blocks)``: column maxima of a score matrix that arrives block by block |
+| :func:`check_beats_verdict` | 08 | ``beats_verdict(a, b)``: "A beats B" over seeds: reproduces, does not, or within the spread |
 
 The machinery every checker shares is in :mod:`~sela_edu.course.exercises.checking`; the checkers are
 grouped by notebook: :mod:`~sela_edu.course.exercises.transport` (01, 02),
-:mod:`~sela_edu.course.exercises.learning` (03, 04), :mod:`~sela_edu.course.exercises.clusters` (05 to 07).
+:mod:`~sela_edu.course.exercises.learning` (03, 04), :mod:`~sela_edu.course.exercises.clusters` (05 to 07),
+:mod:`~sela_edu.course.exercises.reproduction` (08).
 Every name is importable from here (``from sela_edu.course import exercises``).
 """
 
@@ -38,6 +40,7 @@ from collections.abc import Callable
 from sela_edu.course.exercises.checking import ExerciseFailure, without_kit
 from sela_edu.course.exercises.clusters import check_column_max, check_matched_agreement, check_size_spread
 from sela_edu.course.exercises.learning import check_multihead_loss, check_weighted_knn_vote
+from sela_edu.course.exercises.reproduction import check_beats_verdict
 from sela_edu.course.exercises.transport import check_equipartition, check_labels_from_plan, check_sinkhorn_step
 
 __all__ = [
@@ -50,6 +53,7 @@ __all__ = [
     "check_size_spread",
     "check_matched_agreement",
     "check_column_max",
+    "check_beats_verdict",
     "without_kit",
     "EXERCISES",
 ]
@@ -65,4 +69,5 @@ EXERCISES: dict[str, tuple[Callable, str]] = {
     "size_spread": (check_size_spread, "05_imbalance"),
     "matched_agreement": (check_matched_agreement, "06_label_transfer"),
     "column_max": (check_column_max, "07_imagenet_scale"),
+    "beats_verdict": (check_beats_verdict, "08_what_reproduces"),
 }
