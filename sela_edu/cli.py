@@ -379,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", help="folder of images (any tree of JPEG/PNG files; no class folders needed)")
     p.add_argument("--clusters", required=True, help="K for every head, or one K per head: 10 or 10,20,50")
     p.add_argument("--heads", type=int, default=None, help="number of heads (default: one per K given)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: about 150,000 images seen)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: about 150,000 images seen; with --backbone, the "
+                   "folder-backbone preset's 50)")
     p.add_argument("--backbone", default=None,
                    help="start from a pretrained backbone: a released model name (see sela_edu.apps.pretrained), "
                         "torchvision:resnet18 / torchvision:resnet50, or a checkpoint file")

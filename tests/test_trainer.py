@@ -52,8 +52,8 @@ def _untimed(history):
 
 
 def test_presets_match_the_official_recipes():
-    assert set(PRESETS) == {"smoke", "classroom", "classroom-short", "classroom-imbalance", "folder", "cifar-paper",
-                            "cifar-32", "imagenet-paper"}
+    assert set(PRESETS) == {"smoke", "classroom", "classroom-short", "classroom-imbalance", "folder",
+                            "folder-backbone", "cifar-paper", "cifar-32", "imagenet-paper"}
     for name in ("cifar-paper", "cifar-32"):
         cifar = config_from_preset(name)
         assert (cifar.num_heads, cifar.num_clusters, cifar.lam, cifar.epochs, cifar.nopts) == (10, 128, 10.0, 400, 400)
