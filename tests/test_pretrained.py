@@ -276,3 +276,11 @@ def test_list_released_names_every_model_and_readme_figures():
         assert name in text
     assert "61.5" in text and "68.8" in text
     assert all(spec.url.startswith(pt.ASSET_URL) for spec in pt.RELEASED.values())
+
+
+def test_a_backbone_runs_heads_checkpoint_is_named_with_what_reads_it(tmp_path):
+    heads = build_model("feature-mlp", num_heads=1, num_clusters=4, in_features=8)
+    path = tmp_path / "last.pt"
+    torch.save({"config": {"dataset": "fashion-mnist", "arch": "feature-mlp"}, "state_dict": heads.state_dict()}, path)
+    with pytest.raises(pt.PretrainedError, match=r"last\.pt holds heads .*sela-edu assign"):
+        pt.load_checkpoint_file(path)

@@ -169,6 +169,7 @@ def test_unknown_preset_and_field_list_the_valid_ones():
     (dict(arch="vgg"), "arch"),
     (dict(lr_milestones=[5, 2]), "lr_milestones"),
     (dict(head_temperature=-0.1), "head_temperature"),
+    (dict(reinit_heads=1), "reinit_heads"),
 ])
 def test_bad_settings_are_refused(overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -338,6 +339,19 @@ def test_supervised_kmeans_and_label_transfer(digits, straight_run, tmp_path):
     assert torch.equal(transfer.labels, straight_run.labels)
     assert transfer.model.num_clusters == [int(row.max()) + 1 for row in labels]
     assert transfer.config.method == "supervised"
+
+
+@pytest.mark.parametrize("method, reinit, expected", [
+    ("sela", None, False), ("sela", True, True), ("kmeans", None, True), ("kmeans", False, False)])
+def test_heads_start_afresh_after_each_label_optimisation_only_when_asked(digits, monkeypatch, method, reinit,
+                                                                          expected):
+    from sela_edu.training import labelstep
+
+    calls = []
+    monkeypatch.setattr(labelstep, "reinit_heads", lambda model, optimizer: calls.append(1))
+    result = train(_small(method=method, reinit_heads=reinit, epochs=2, nopts=2), digits, progress=False)
+    optimisations = sum(record["relabels"] for record in result.history)
+    assert optimisations >= 2 and len(calls) == (optimisations if expected else 0)
 
 
 def test_bad_training_input(digits):

@@ -78,48 +78,50 @@ def _verdict(margin: float, spread: float, *, needs_clear: bool) -> str:
 
 
 @dataclass(frozen=True)
-class Beats:
-    """Setting ``a`` is better than setting ``b`` on ``measure`` (lower is better for times)."""
+class _Pair:
+    """A rule comparing setting ``a`` with setting ``b`` on ``measure``."""
 
     a: str
     b: str
     measure: str
-    lower_is_better: bool = False
 
     @property
     def settings(self) -> tuple[str, ...]:
         return (self.a, self.b)
 
-    def judge(self, values: Mapping[str, Sequence[float]]) -> Judgement:
+    def _compared(self, values: Mapping[str, Sequence[float]]) -> tuple[float, float, float, str]:
+        """Mean of a, mean of b, the sum of their spreads, and the "a vs b" line."""
         (ma, sa), (mb, sb) = mean_std(values[self.a]), mean_std(values[self.b])
-        margin = (mb - ma) if self.lower_is_better else (ma - mb)
         decimals = MEASURES[self.measure][1]
         measured = f"{_shown(self.a, values[self.a], decimals)} vs {_shown(self.b, values[self.b], decimals)}"
-        return Judgement(_verdict(margin, sa + sb, needs_clear=True), measured, margin, sa + sb)
+        return ma, mb, sa + sb, measured
 
 
 @dataclass(frozen=True)
-class Close:
+class Beats(_Pair):
+    """Setting ``a`` is better than setting ``b`` on ``measure`` (lower is better for times)."""
+
+    lower_is_better: bool = False
+
+    def judge(self, values: Mapping[str, Sequence[float]]) -> Judgement:
+        ma, mb, spread, measured = self._compared(values)
+        margin = (mb - ma) if self.lower_is_better else (ma - mb)
+        return Judgement(_verdict(margin, spread, needs_clear=True), measured, margin, spread)
+
+
+@dataclass(frozen=True)
+class Close(_Pair):
     """Setting ``a`` is within ``tolerance`` of setting ``b`` on ``measure``; one-sided
     (``two_sided=False``): ``a`` is not more than ``tolerance`` below ``b`` (being above is fine)."""
 
-    a: str
-    b: str
-    measure: str
     tolerance: float
     two_sided: bool = True
 
-    @property
-    def settings(self) -> tuple[str, ...]:
-        return (self.a, self.b)
-
     def judge(self, values: Mapping[str, Sequence[float]]) -> Judgement:
-        (ma, sa), (mb, sb) = mean_std(values[self.a]), mean_std(values[self.b])
+        ma, mb, spread, measured = self._compared(values)
         gap = abs(ma - mb) if self.two_sided else max(mb - ma, 0.0)
-        decimals = MEASURES[self.measure][1]
-        measured = f"{_shown(self.a, values[self.a], decimals)} vs {_shown(self.b, values[self.b], decimals)}"
         margin = self.tolerance - gap
-        return Judgement(_verdict(margin, sa + sb, needs_clear=False), measured, margin, sa + sb)
+        return Judgement(_verdict(margin, spread, needs_clear=False), measured, margin, spread)
 
 
 @dataclass(frozen=True)

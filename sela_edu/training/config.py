@@ -107,6 +107,9 @@ class TrainConfig:
             taken on the upright views, the rotation loss on all four, and the two are added.
         head_temperature: None for the paper's linear heads; T for cosine heads (the cosine between the
             feature and each cluster's weight vector, divided by T, as SwAV's prototypes).
+        reinit_heads: fresh head weights after every label optimisation. None: the method's own (k-means
+            re-initialises, as DeepCluster, whose cluster ids mean nothing from one optimisation to the
+            next; SeLa keeps its heads, whose scores made the labels).
     """
 
     dataset: str = "digits"
@@ -144,6 +147,7 @@ class TrainConfig:
     warm_start: bool = True
     rotation: bool = False
     head_temperature: float | None = None
+    reinit_heads: bool | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.num_clusters, tuple):
@@ -174,6 +178,8 @@ class TrainConfig:
         for name in ("warm_start", "rotation", "amp"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.reinit_heads is not None and not isinstance(self.reinit_heads, bool):
+            raise ValueError(f"reinit_heads must be None, True or False, got {self.reinit_heads!r}")
         self.cluster_list()  # validates num_clusters against num_heads
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
@@ -204,6 +210,10 @@ class TrainConfig:
     def cluster_list(self) -> list[int]:
         """K of every head, as a list (the kit's one rule: :func:`clusters_per_head`)."""
         return clusters_per_head(self.num_clusters, self.num_heads)
+
+    def reinits_heads(self) -> bool:
+        """Whether the heads start afresh after each label optimisation (``reinit_heads``, or the method's own)."""
+        return self.method == "kmeans" if self.reinit_heads is None else self.reinit_heads
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -90,6 +90,7 @@ def label_step(s: RunSetup, loop: LoopState) -> tuple[dict, list[dict], dict | N
     else:  # kmeans
         new = kmeans_relabel(s.model, s.data, s.ks, seed=config.seed + 1000 * loop.relabel_count,
                              loader=s.score_loader, timings=part)
+    if config.reinits_heads():
         reinit_heads(s.model, s.optimizer)
     changes = label_changes(previous, new) if loop.has_optimised else None
     loop.has_optimised = True

@@ -17,7 +17,7 @@ from sela_edu.apps.pretrained.files import (download_to, fetch, is_offline, miss
                                             record_sha, verify_file)
 from sela_edu.apps.pretrained.registry import (IMAGENET_MEAN, IMAGENET_STD, PretrainedError, ReleasedModel,
                                                released_spec)
-from sela_edu.models import MultiHeadNet, build_model
+from sela_edu.models import FEATURE_ARCHS, MultiHeadNet, build_model
 
 
 @dataclass
@@ -78,6 +78,10 @@ def load_checkpoint_file(path: str | os.PathLike, *, layout: str = "auto", trust
     build = payload.get("build_kwargs") if isinstance(payload, Mapping) else None
     state, labels = _state_from(payload, path)
     if build is None and isinstance(payload, Mapping) and isinstance(payload.get("config"), Mapping):
+        if payload["config"].get("arch") in FEATURE_ARCHS:
+            raise PretrainedError(f"{path} holds heads trained on a frozen backbone's features (sela-edu label "
+                                  "--backbone), not an image network: put images into its clusters with "
+                                  "sela-edu assign and the run's heads.pt")
         build = _build_from_config(payload["config"], state)
     if (layout == "auto" and detect_layout(without_data_parallel(state)) == "kit") or layout == "kit":
         if build is None:
@@ -88,7 +92,10 @@ def load_checkpoint_file(path: str | os.PathLike, *, layout: str = "auto", trust
         kit_state, info = convert_state_dict(state, "kit")
         kw = {k: build[k] for k in ("arch", "in_channels", "image_size", "small_stem", "head_temperature")
               if build.get(k) is not None}
-        model = build_model(num_heads=len(info["head_sizes"]), num_clusters=info["head_sizes"], **kw)
+        try:
+            model = build_model(num_heads=len(info["head_sizes"]), num_clusters=info["head_sizes"], **kw)
+        except ValueError as exc:
+            raise PretrainedError(f"{path}: its network cannot be built ({exc})") from exc
         if "rotation_head.weight" in kit_state and hasattr(model, "add_rotation_head"):
             model.add_rotation_head()
         try:
