@@ -171,7 +171,7 @@ def main(argv=None) -> dict:
         print(f"  epoch without relabelling     {report['sela_epoch_seconds_without_relabel']:9.2f} s")
     print(f"  label optimisations           {report['relabels']:9d}")
     print(f"  relabelling (the label step)  {report['relabel_seconds']:9.2f} s = "
-          f"{100 * report['relabel_share']:.2f} % of {report['sela_seconds']:.1f} s (issue 20: <= 5 %)")
+          f"{100 * report['relabel_share']:.2f} % of {report['sela_seconds']:.1f} s (target: at most 5 %)")
     print(f"  solving (Sinkhorn-Knopp)      {report['solve_seconds']:9.2f} s = "
           f"{100 * report['solve_share']:.2f} % of the SeLa wall time (target <= 5 %)")
     print(f"  scoring (passes, or forming P from kept scores) {report['score_seconds']:7.2f} s = "

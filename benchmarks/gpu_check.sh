@@ -7,14 +7,16 @@
 #      standard-normal and on realistic scores (benchmarks/bench_sinkhorn.py; target: at most 1 s per head);
 #   3. training throughput of the cifar-paper recipe (224 px AlexNet, 10 heads x 128 clusters) on 50,000
 #      synthetic CIFAR-shaped images: images per second and the hours of the 400-epoch schedule
-#      (benchmarks/bench_training.py).
+#      (benchmarks/bench_training.py), with the preset's float16 autocast;
+#   4. the same with bfloat16 autocast and channels-last memory (amp_dtype, channels_last), SeLa only, to
+#      see whether they help.
 #
 # Usage (from the repository root, after `make venv`):
 #   bash benchmarks/gpu_check.sh [OUT]             the check; the log goes to OUT/gpu_check.txt (default results/gpu_check)
-#   bash benchmarks/gpu_check.sh --dry-run [OUT]   the three steps at toy sizes on the CPU (about a minute):
+#   bash benchmarks/gpu_check.sh --dry-run [OUT]   the four steps at toy sizes on the CPU (about a minute):
 #                                                  proves the script, measures nothing of a GPU
 # Exit status: 0 when every step passed, else the number of failed steps. Each step has its own time limit,
-# so the whole check stays within 8 minutes even when a step hangs.
+# so the whole check stays within 8 minutes (460 s of limits) even when a step hangs.
 set -uo pipefail
 
 DRY=0
@@ -34,12 +36,12 @@ if (( DRY )); then
     SINKHORN_SIZES=5000x100
     # the 32 px variant of the recipe: the same code path at a size a CPU trains in seconds
     TRAIN_ARGS=(--preset cifar-32 --synthetic 256 --epochs 1 --batch-size 128 --device cpu)
-    LIMITS=(240 120 240)
+    LIMITS=(240 120 240 240)
 else
     DEVICE=cuda
     SINKHORN_SIZES=1280000x3000
     TRAIN_ARGS=(--preset cifar-paper --synthetic 50000 --epochs 1 --device cuda)
-    LIMITS=(90 150 210)
+    LIMITS=(80 140 150 90)
 fi
 
 say() { echo "$*" | tee -a "$LOG"; }
@@ -74,7 +76,9 @@ step "2. label step at ImageNet scale" "${LIMITS[1]}" "$PY" benchmarks/bench_sin
     --sizes "$SINKHORN_SIZES" --kinds normal,realistic --storage bfloat16 --large-storage bfloat16 --lam 25 --no-reference
 step "3. cifar-paper training throughput" "${LIMITS[2]}" "$PY" benchmarks/bench_training.py "${TRAIN_ARGS[@]}" \
     --json "$OUT/bench_training.json"
+step "4. the same in bfloat16, channels last" "${LIMITS[3]}" "$PY" benchmarks/bench_training.py "${TRAIN_ARGS[@]}" \
+    --no-supervised --set amp_dtype='"bfloat16"' --set channels_last=true --json "$OUT/bench_training_bf16.json"
 
 say ""
-say "GPU check done in $SECONDS s: $((3 - failed)) of 3 steps passed; log: $LOG"
+say "GPU check done in $SECONDS s: $((4 - failed)) of 4 steps passed; log: $LOG"
 exit "$failed"

@@ -59,6 +59,7 @@ VARIANTS: dict[str, dict] = {
     "heads-10x4": {"num_clusters": [10, 10, 10, 10]},                 # no over-clustering heads in the loss
     "k-classes": {"num_heads": 1, "num_clusters": 10},                 # the K = 10 head alone (the ledger's claim 5)
     "round-robin": {"relabel_heads": "round-robin"},
+    "schedule-even": {"nopt_schedule": "even"},                        # as many label optimisations late as early
     "cosine-heads": {"head_temperature": 0.1},
     "score-training": {"score_mode": "training"},                      # relabelling from the training pass
     "score-augmented": {"score_mode": "augmented"},

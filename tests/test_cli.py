@@ -129,7 +129,7 @@ def test_python_dash_m_entry_point():
     assert proc.returncode == 0 and "run" in proc.stdout and "student" in proc.stdout
 
 
-# ---------------------------------------------------------------- issue 11: instructor edition, train summary,
+# ---------------------------------------------------------------- instructor edition, train summary,
 # outputs of a pip install, make lab
 
 def test_instructor_command(tmp_path, capsys):

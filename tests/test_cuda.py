@@ -61,12 +61,13 @@ def test_scoring_on_the_device_matches_the_cpu():
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
 
 
-def test_training_runs_on_the_device_with_mixed_precision():
+@pytest.mark.parametrize("precision", [dict(amp_dtype="float16"), dict(amp_dtype="bfloat16", channels_last=True)])
+def test_training_runs_on_the_device_with_mixed_precision(precision):
     g = torch.Generator().manual_seed(0)
     data = ImageData("fashion-mnist",  # a made-up set with Fashion-MNIST's shape and augmentation
                      torch.randint(0, 256, (512, 1, 28, 28), generator=g, dtype=torch.uint8), torch.arange(512) % 10,
                      [str(i) for i in range(10)], (0.5,), (0.25,))
-    config = config_from_preset("smoke", dataset="fashion-mnist", device=DEVICE, amp=True, max_images=None)
+    config = config_from_preset("smoke", dataset="fashion-mnist", device=DEVICE, amp=True, max_images=None, **precision)
     result = train(config, data, progress=False)
     assert next(result.model.parameters()).device.type == torch.device(DEVICE).type
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)

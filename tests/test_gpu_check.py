@@ -1,5 +1,5 @@
 """benchmarks/gpu_check.sh, the one command that records the GPU figures: its dry run on the CPU runs
-all three steps end to end, and without a GPU the real check refuses clearly instead of timing a CPU."""
+all four steps end to end, and without a GPU the real check refuses clearly instead of timing a CPU."""
 
 import subprocess
 import sys
@@ -24,11 +24,12 @@ def test_dry_run_runs_every_step(tmp_path):
     done = _run("--dry-run", str(out), tmp_path=tmp_path)
     log = (out / "gpu_check.txt").read_text()
     assert done.returncode == 0, log[-3000:]
-    for step in ("1. CUDA tests", "2. label step at ImageNet scale", "3. cifar-paper training throughput"):
+    for step in ("1. CUDA tests", "2. label step at ImageNet scale", "3. cifar-paper training throughput",
+                 "4. the same in bfloat16, channels last"):
         assert f"== {step}: ok in" in log
-    assert "3 of 3 steps passed" in log
-    assert "5 passed" in log                       # the CUDA tests ran (on the CPU), none skipped
-    assert (out / "bench_training.json").is_file()
+    assert "4 of 4 steps passed" in log
+    assert "6 passed" in log                       # the CUDA tests ran (on the CPU), none skipped
+    assert (out / "bench_training.json").is_file() and (out / "bench_training_bf16.json").is_file()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")

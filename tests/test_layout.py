@@ -124,7 +124,7 @@ def test_design_map_names_every_module():
     assert unmapped_modules(design) == [], "add a row for these to docs/DESIGN.md's map table"
 
 
-#: issue 18's "no module much over 500 lines": past this a module is holding more than one job; split it
+#: no module much over 500 lines: past this a module is holding more than one job; split it
 MAX_MODULE_LINES = 550
 
 

@@ -170,6 +170,8 @@ def test_unknown_preset_and_field_list_the_valid_ones():
     (dict(lr_milestones=[5, 2]), "lr_milestones"),
     (dict(head_temperature=-0.1), "head_temperature"),
     (dict(reinit_heads=1), "reinit_heads"),
+    (dict(amp_dtype="float8"), "amp_dtype"),
+    (dict(channels_last="yes"), "channels_last"),
 ])
 def test_bad_settings_are_refused(overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -352,6 +354,19 @@ def test_heads_start_afresh_after_each_label_optimisation_only_when_asked(digits
     result = train(_small(method=method, reinit_heads=reinit, epochs=2, nopts=2), digits, progress=False)
     optimisations = sum(record["relabels"] for record in result.history)
     assert optimisations >= 2 and len(calls) == (optimisations if expected else 0)
+
+
+def test_channels_last_is_a_layout_only_and_may_be_switched_on_resume(digits, tmp_path):
+    # the same run in NHWC gives the same labels; the weights match to float rounding (another kernel order)
+    plain = train(_small(epochs=2, nopts=2), digits, progress=False)
+    nhwc = train(_small(epochs=2, nopts=2, channels_last=True), digits, progress=False)
+    conv = next(p for p in nhwc.model.parameters() if p.ndim == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert (plain.labels == nhwc.labels).float().mean() > 0.95
+    config = _small(epochs=1, nopts=2, checkpoint_dir=str(tmp_path))
+    train(config, digits, progress=False)
+    resumed = train(dataclasses.replace(config, epochs=2, channels_last=True), digits, progress=False)
+    assert len(resumed.history) == 2
 
 
 def test_bad_training_input(digits):

@@ -184,7 +184,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("2b", "SK pseudo-labels beat k-means pseudo-labels (linear probe)", "linear C10 79.8 vs 77.5", _TABLE3,
           Beats("sela", "kmeans", "linear")),
     Claim("2c", "SK pseudo-labels cluster the classes at least as well as k-means pseudo-labels (NMI)",
-          "not reported by the paper (the kit's question, issue 20 part 3)", "-", Beats("sela", "kmeans", "nmi")),
+          "not reported by the paper (the kit's own question: the clustering gap)", "-", Beats("sela", "kmeans", "nmi")),
     Claim("3a", "light imbalance barely matters (SeLa, within 1 point)", "linear C10 79.8 full vs 79.5 light",
           _TABLE3, Close("sela-light", "sela", "linear", tolerance=1.0)),
     Claim("3b", "heavy imbalance costs SeLa", "linear C10 79.8 full vs 77.2 heavy", _TABLE3,

@@ -164,7 +164,7 @@ def _data_order(index: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def score_dataset(model: nn.Module, data, *, outputs: str | Sequence[str] = ("heads",), augment=None,
                   train_mode: bool = False, batch_size: int = 512, device=None,
-                  into: Mapping[int, object] | None = None, in_order: bool = True, amp: bool = False,
+                  into: Mapping[int, object] | None = None, in_order: bool = True, amp: bool | torch.dtype = False,
                   seed: int = 0, progress: bool = False) -> DatasetScores:
     """Run ``model`` over every image of ``data`` once and collect the ``outputs`` asked for.
 
@@ -184,7 +184,7 @@ def score_dataset(model: nn.Module, data, *, outputs: str | Sequence[str] = ("he
             order the batches come (:attr:`DatasetScores.index` says which image each row is).
         in_order: put the matrices' rows in data order (the indices must then cover ``0..N-1`` once);
             False keeps the batches' order, e.g. for a distributed shard.
-        amp: score under float16 autocast on a GPU (ignored elsewhere).
+        amp: score under autocast on a GPU (ignored elsewhere): True for float16, or the dtype.
         seed: the loader's seed (the augmentation's random draws).
         progress: show a tqdm bar.
 
@@ -202,13 +202,14 @@ def score_dataset(model: nn.Module, data, *, outputs: str | Sequence[str] = ("he
         for name in names if name not in NAMED_OUTPUTS]
     rows: dict[str, list] = {name: [] for name in names}
     counts, targets, indices = [], [], []
-    use_amp = amp and device.type == "cuda"
+    use_amp = (amp is True or isinstance(amp, torch.dtype)) and device.type == "cuda"
+    amp_dtype = amp if isinstance(amp, torch.dtype) else torch.float16
     was_training = net.training
     net.train(train_mode)
     try:
         for batch in tqdm(batches, total=total, disable=not progress, desc="scoring", leave=False):
             x, y, idx = _split_batch(batch)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 out = _forward(net, x.to(device, non_blocking=True), names, "heads" in names or bool(into))
             out.update(captured)
             for head, buffer in into.items():

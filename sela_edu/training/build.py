@@ -134,6 +134,8 @@ def build_run(config: TrainConfig, data, labels) -> tuple[RunSetup, LoopState]:
 
     seed_everything(config.seed)
     model = build_for_config(config, data).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     if config.lr_schedule == "cosine":
@@ -161,7 +163,8 @@ def build_run(config: TrainConfig, data, labels) -> tuple[RunSetup, LoopState]:
     start = fixed if fixed is not None else initial_labels(len(data), ks, config.seed)
     setup = RunSetup(config=config, data=data, ks=ks, targets=targets, subset=subset, device=device, use_amp=use_amp,
                    rank=rank, world=world, model=model, net=model, optimizer=optimizer, scheduler=scheduler,
-                   scaler=torch.amp.GradScaler("cuda", enabled=use_amp), loader=loader,
+                   scaler=torch.amp.GradScaler("cuda", enabled=use_amp and config.amp_dtype == "float16"),
+                   loader=loader,
                    score_loader=score_loader, steps_per_epoch=len(loader),
                    ckpt_dir=Path(config.checkpoint_dir) if config.checkpoint_dir else None, show=False)
     return setup, LoopState(labels=start.to(device), potentials=[None] * len(ks), schedule=schedule)

@@ -19,7 +19,9 @@ RELABEL_HEADS = ("all", "round-robin")
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: Config fields that may change between a run and its resumption: they do not change what is trained
 #: (where it runs, how it is watched), so a checkpoint written under other values resumes exactly.
-RESUMABLE_CHANGES = ("epochs", "checkpoint_dir", "device", "num_workers", "eval_every", "knn_k", "knn_pca")
+RESUMABLE_CHANGES = ("epochs", "checkpoint_dir", "device", "num_workers", "eval_every", "knn_k", "knn_pca",
+                     "channels_last")
+AMP_DTYPES = ("float16", "bfloat16")
 
 
 def clusters_per_head(clusters, heads: int | None = None) -> list[int]:
@@ -75,7 +77,11 @@ class TrainConfig:
         storage_dtype: dtype of the score buffers the solver reads ("float32", "float16" or "bfloat16").
         sinkhorn_tol, sinkhorn_max_iter: the solver's stopping rule.
         device: "auto" (GPU when there is one), "cpu", "cuda", "cuda:1", ...
-        amp: mixed precision (autocast float16 + GradScaler); applied on CUDA only.
+        amp: mixed precision on CUDA (ignored elsewhere): autocast in ``amp_dtype``, with a GradScaler for
+            float16 (bfloat16 has float32's range and needs none).
+        amp_dtype: "float16" or "bfloat16", the autocast dtype of ``amp``.
+        channels_last: the network's weights and batches in channels-last memory format (NHWC), which
+            tensor cores prefer; the same arithmetic, so a run may resume with it switched.
         seed: seeds model init, initial labels, shuffling and augmentation.
         checkpoint_dir: folder for last.pt / prev.pt (None: no checkpoints, no resuming).
         eval_every: with ``eval_data``, weighted-kNN accuracy every this many epochs (0: never).
@@ -133,6 +139,8 @@ class TrainConfig:
     sinkhorn_max_iter: int = 1000
     device: str = "auto"
     amp: bool = True
+    amp_dtype: str = "float16"
+    channels_last: bool = False
     seed: int = 0
     checkpoint_dir: str | None = None
     eval_every: int = 0
@@ -175,9 +183,11 @@ class TrainConfig:
             raise ValueError(f"unknown score_mode {self.score_mode!r}; choose one of {SCORE_MODES}")
         if self.relabel_heads not in RELABEL_HEADS:
             raise ValueError(f"unknown relabel_heads {self.relabel_heads!r}; choose one of {RELABEL_HEADS}")
-        for name in ("warm_start", "rotation", "amp"):
+        for name in ("warm_start", "rotation", "amp", "channels_last"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"unknown amp_dtype {self.amp_dtype!r}; choose one of {AMP_DTYPES}")
         if self.reinit_heads is not None and not isinstance(self.reinit_heads, bool):
             raise ValueError(f"reinit_heads must be None, True or False, got {self.reinit_heads!r}")
         self.cluster_list()  # validates num_clusters against num_heads
@@ -220,5 +230,5 @@ class TrainConfig:
 
 
 
-__all__ = ["TrainConfig", "clusters_per_head", "METHODS", "SCHEDULES", "SCORE_MODES", "RELABEL_HEADS",
+__all__ = ["TrainConfig", "clusters_per_head", "AMP_DTYPES", "METHODS", "SCHEDULES", "SCORE_MODES", "RELABEL_HEADS",
            "STORAGE_DTYPES", "RESUMABLE_CHANGES"]

@@ -128,7 +128,7 @@ def scoring_pass(s: RunSetup, loop: LoopState, heads: list[int], init: list, par
     # the CPU reuses P's memory from one optimisation to the next; "training" keeps the buffers anywhere
     keep_buffers = s.device.type == "cpu" or training
     return relabel(s.model, s.data, lam=config.lam, device=s.device, storage_dtype=config.storage_dtype,
-                   tol=config.sinkhorn_tol, max_iter=config.sinkhorn_max_iter, amp=s.use_amp,
+                   tol=config.sinkhorn_tol, max_iter=config.sinkhorn_max_iter, amp=getattr(torch, config.amp_dtype) if s.use_amp else False,
                    loader=s.score_loader, timings=part, heads=heads, init=init,
                    train_mode=config.score_mode == "augmented", buffers=loop.score_buffers if keep_buffers else None,
                    score_heads=list(range(len(s.ks))) if training else None, keep_scores=True if training else None)

@@ -239,7 +239,9 @@ def sgd_step(s: RunSetup, labels: torch.Tensor, x: torch.Tensor, index: torch.Te
     there at the images' rows, in float32 (the buffer's), for the next label step."""
     index = index.to(s.device)
     n = x.shape[0]
-    with torch.autocast(s.device.type, dtype=torch.float16, enabled=s.use_amp):
+    if s.config.channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(s.device.type, dtype=getattr(torch, s.config.amp_dtype), enabled=s.use_amp):
         if s.config.rotation:  # the four rotations of every image; labels apply to the upright ones
             outputs = s.net(torch.cat([torch.rot90(x, r, dims=(2, 3)) for r in range(4)]), rotation=True)
             turns = torch.arange(4, device=s.device).repeat_interleave(n)

@@ -21,7 +21,7 @@ from sela_edu.training.runtime import sync, unwrap
 @torch.no_grad()
 def relabel(model: nn.Module, data, *, lam: float = 10.0, batch_size: int = 512, device=None,
             storage_dtype: torch.dtype | str = torch.float32, tol: float = 1e-3, max_iter: int = 1000,
-            amp: bool = False, progress: bool = False, loader=None, timings: dict | None = None,
+            amp: bool | torch.dtype = False, progress: bool = False, loader=None, timings: dict | None = None,
             heads: list[int] | None = None, init: list | None = None, train_mode: bool = False,
             buffers: dict | None = None, score_heads: list[int] | None = None,
             keep_scores: bool | None = None) -> list:
@@ -38,7 +38,7 @@ def relabel(model: nn.Module, data, *, lam: float = 10.0, batch_size: int = 512,
 
     ``heads``: which heads to solve (default all; the official CIFAR code solves one per optimisation).
     ``init``: one cluster potential (or None) per solved head, from an earlier optimisation of the same
-    head: a warm start, which reaches the same labels in fewer passes. ``timings``, when given, receives
+    head: a warm start, which reaches the same labels in fewer passes. ``amp``: as :func:`score_dataset`'s. ``timings``, when given, receives
     ``score_seconds``, ``solve_seconds`` and ``head_seconds`` (one per solved head).
     ``buffers``: a dict the caller keeps between calls (head -> ScoreBuffer); a head's buffer is reset and
     refilled when its shape still fits, so P's memory is not allocated (and first touched) again each time.
