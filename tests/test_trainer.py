@@ -356,6 +356,19 @@ def test_heads_start_afresh_after_each_label_optimisation_only_when_asked(digits
     assert optimisations >= 2 and len(calls) == (optimisations if expected else 0)
 
 
+def test_kmeans_with_kept_heads_keeps_each_clusters_id():
+    from sela_edu.training.labelstep import matched_ids
+
+    g = torch.Generator().manual_seed(0)
+    previous = torch.stack([torch.randint(0, 5, (200,), generator=g), torch.randint(0, 8, (200,), generator=g)])
+    renamed = torch.stack([torch.randperm(5, generator=g)[previous[0]], torch.randperm(8, generator=g)[previous[1]]])
+    assert torch.equal(matched_ids(previous, renamed, [5, 8]), previous)
+    moved = renamed.clone()
+    moved[0, :20] = (moved[0, :20] + 1) % 5           # a few images change cluster: the ids still follow the rest
+    matched = matched_ids(previous, moved, [5, 8])
+    assert torch.equal(matched[0, 20:], previous[0, 20:]) and torch.equal(matched[1], previous[1])
+
+
 def test_channels_last_is_a_layout_only_and_may_be_switched_on_resume(digits, tmp_path):
     # the same run in NHWC gives the same labels; the weights match to float rounding (another kernel order)
     plain = train(_small(epochs=2, nopts=2), digits, progress=False)

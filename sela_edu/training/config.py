@@ -115,7 +115,8 @@ class TrainConfig:
             feature and each cluster's weight vector, divided by T, as SwAV's prototypes).
         reinit_heads: fresh head weights after every label optimisation. None: the method's own (k-means
             re-initialises, as DeepCluster, whose cluster ids mean nothing from one optimisation to the
-            next; SeLa keeps its heads, whose scores made the labels).
+            next; SeLa keeps its heads, whose scores made the labels). k-means with kept heads renames each
+            clustering's ids to match the previous labels, so that every head keeps its cluster's id.
     """
 
     dataset: str = "digits"

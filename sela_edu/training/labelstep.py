@@ -92,6 +92,8 @@ def label_step(s: RunSetup, loop: LoopState) -> tuple[dict, list[dict], dict | N
                              loader=s.score_loader, timings=part)
     if config.reinits_heads():
         reinit_heads(s.model, s.optimizer)
+    elif config.method == "kmeans" and loop.has_optimised:
+        new = matched_ids(previous, new, s.ks)   # kept heads must find their cluster under the same id
     changes = label_changes(previous, new) if loop.has_optimised else None
     loop.has_optimised = True
     loop.labels = new.to(s.device)
@@ -100,6 +102,22 @@ def label_step(s: RunSetup, loop: LoopState) -> tuple[dict, list[dict], dict | N
     timing = {"score_seconds": part.get("score_seconds", 0.0), "solve_seconds": part.get("solve_seconds", 0.0),
               "relabel_seconds": time.perf_counter() - t0}
     return timing, rows, changes
+
+
+def matched_ids(previous: torch.Tensor, new: torch.Tensor, ks: list[int]) -> torch.Tensor:
+    """``new`` labels (num_heads x N) with each head's cluster ids renamed to agree most with ``previous``
+    (the Hungarian matching on the clusters' overlap): k-means numbers its clusters anew every time."""
+    from scipy.optimize import linear_sum_assignment
+
+    out = new.clone()
+    for h, k in enumerate(ks):
+        overlap = torch.zeros(k, k, dtype=torch.int64)
+        overlap.index_put_((new[h].cpu(), previous[h].cpu()), torch.ones_like(new[h].cpu()), accumulate=True)
+        rows, cols = linear_sum_assignment(overlap.numpy(), maximize=True)
+        rename = torch.empty(k, dtype=torch.int64)
+        rename[torch.as_tensor(rows)] = torch.as_tensor(cols)
+        out[h] = rename[new[h].cpu()].to(new.device)
+    return out
 
 
 def keeps_head_outputs(config: TrainConfig) -> bool:
@@ -166,4 +184,4 @@ def reinit_heads(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
 
 
 __all__ = ['kmeans_relabel', 'heads_to_solve', 'label_step', 'keeps_head_outputs', 'has_kept_scores', 'scoring_pass',
-           'keep_head_outputs', 'label_changes', 'health_text', 'reinit_heads']
+           'keep_head_outputs', 'label_changes', 'health_text', 'reinit_heads', 'matched_ids']
