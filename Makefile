@@ -38,7 +38,7 @@ lab: $(STAMP)
 
 # its figure is one of the committed ones, so it writes to figures/ (interactive runs write to results/figures/)
 demo-solver: $(STAMP)
-	SELA_FIGURES_DIR=figures $(BIN)/python -m sela_edu.course.solver_demo
+	SELA_FIGURES_DIR=figures $(BIN)/python -m sela_edu.course.studies.solver_demo
 
 test: $(STAMP)
 	@rc=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=$$?; \

@@ -51,7 +51,7 @@ from sela_edu.data import load_dataset  # noqa: E402
 from sela_edu.evaluation.metrics import ari, nmi  # noqa: E402
 from sela_edu.settings import pick_device, results_dir  # noqa: E402
 from sela_edu.training import config_from_preset, plain_loader, random_init_model, relabel, train  # noqa: E402
-from sela_edu.course.verdicts import compare  # noqa: E402
+from sela_edu.course.views.verdicts import compare  # noqa: E402
 
 
 @dataclass(frozen=True)

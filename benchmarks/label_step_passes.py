@@ -66,7 +66,7 @@ def main(argv=None) -> list[dict]:
     heads = len(config.cluster_list())
     ks = config.cluster_list()
     print(f"classroom preset on {args.dataset} ({overrides or 'as it is'}), seed {args.seed}; "
-          f"tol {config.sinkhorn_tol:g}, lambda {config.lam:g}")
+          f"tol {config.label_tol:g}, lambda {config.lam:g}")
     print(f"{'relabel':>7} {'head':>4} {'K':>4} {'cold passes':>11} {'warm passes':>11} {'agree %':>8}")
     for i, row in enumerate(rows):
         row["relabel"] = i // heads + 1

@@ -3,7 +3,7 @@ SeLa's NMI on Fashion-MNIST (the clustering gap to k-means pseudo-labels), and r
 training pass (``score_mode="training"``) against a scoring pass, over seeds.
 
 Every variant is a change of trainer settings, run and scored by the ledger's own code
-(:func:`sela_edu.course.ledger_exec.run_train`: the trainer, then the kit's one evaluation: weighted kNN
+(:func:`sela_edu.course.ledger.execute.run_train`: the trainer, then the kit's one evaluation: weighted kNN
 k = 10 and a linear probe on the 256-d feature, the K = 10 head's NMI on the test split, and the NMI of
 the K = 10 head's training labels, ``labels_nmi``). Each run is one JSON file under ``--out/<profile>/``
 (written whole; a second call skips what is stored) with its labels beside it, so the table, the
@@ -31,7 +31,6 @@ import dataclasses
 import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +39,10 @@ from sklearn.metrics.cluster import contingency_matrix
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sela_edu.course.ledger_exec import LedgerContext, run_train  # noqa: E402
-from sela_edu.course.ledger_runs import (PROFILES, Run, Setting, read_result, result_path,  # noqa: E402
-                                         write_result, RESULT_FORMAT)
-from sela_edu.course.verdicts import compare  # noqa: E402
+from sela_edu.course.ledger.execute import LedgerContext, run_train  # noqa: E402
+from sela_edu.course.ledger.runs import PROFILES, Run, Setting  # noqa: E402
+from sela_edu.course.ledger.store import read_result, result_path, store_run, write_result  # noqa: E402
+from sela_edu.course.views.verdicts import compare  # noqa: E402
 from sela_edu.evaluation.metrics import nmi  # noqa: E402
 from sela_edu.training import read_labels_csv  # noqa: E402
 
@@ -85,12 +84,7 @@ def run_variant(name: str, seed: int, ctx: LedgerContext, folder: Path, reuse: P
                 shutil.copyfile(other.labels_path(run.name), ctx.labels_path(run.name))
     if path.exists():
         return read_result(path, run, ctx.profile)
-    t0 = time.perf_counter()
-    produced = run_train(run, ctx)
-    result = {"format": RESULT_FORMAT, "name": run.name, "setting": name, "seed": seed,
-              "run": run.identity(ctx.profile), "seconds": round(time.perf_counter() - t0, 2), **produced}
-    write_result(path, result)
-    return result
+    return store_run(run, ctx.profile, folder, run_train, ctx)
 
 
 def confusion(labels: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:

@@ -10,7 +10,7 @@ Commands (from the top of the kit; need Chromium, e.g. Debian's `apt-get install
 
 What it does: builds two small notebooks in a temporary folder (the first cells of
 ``notebooks/01_optimal_transport_toy.ipynb`` up to its slider; and a scratch notebook that trains the
-smoke profile on the digits and calls ``sela_edu.course.browser.browse``), starts JupyterLab
+smoke profile on the digits and calls ``sela_edu.course.views.browser.browse``), starts JupyterLab
 headless on 127.0.0.1 with a random token; drives headless Chromium over its DevTools protocol to open
 each notebook, run all its cells in the live kernel (JupyterLab's own "Run All" command) and take a
 screenshot once the widgets are drawn. Everything stays on the loopback interface,
@@ -49,7 +49,7 @@ QUIET_SETTINGS = {"@jupyterlab/apputils-extension/notification.jupyterlab-settin
 BROWSER_CELLS = [
     "# A scratch notebook for the screenshot: a small SeLa run on the digits, then the cluster browser\n"
     "import torch\n"
-    "from sela_edu.course.browser import browse\n"
+    "from sela_edu.course.views.browser import browse\n"
     "from sela_edu.data import load_dataset\n"
     "from sela_edu.training import config_from_preset, train\n"
     "torch.manual_seed(0)\n"

@@ -33,7 +33,7 @@ _PUBLIC = {
     "linear_probe": "evaluation", "weighted_knn": "evaluation",
     "nmi": "evaluation.metrics", "adjusted_nmi": "evaluation.metrics", "ari": "evaluation.metrics",
     "cluster_accuracy": "evaluation.metrics", "cluster_size_spread": "evaluation.metrics",
-    "browse": "course.browser", "compare": "course.verdicts",
+    "browse": "course.views.browser", "compare": "course.views.verdicts",
     "label_folder": "apps", "assign_folder": "apps",
     "list_released": "apps.pretrained", "load_released": "apps.pretrained",
     "torchrun_command": "cli",

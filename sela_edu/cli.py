@@ -26,16 +26,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sela_edu import course
-from sela_edu.course import editions
+# light imports only, so that `sela-edu --help` answers at once: each command imports what it runs
 from sela_edu import settings
+from sela_edu.course.series.profiles import PROFILES
 
 #: Notebooks committed with their outputs (compared by nbval in the tests).
 STORED_OUTPUT_NOTEBOOKS = ("01_optimal_transport_toy", "02_self_labelling_objective")
 
 
 def _parameters(pairs: Sequence[Sequence[str]] | None) -> dict:
-    return {key: course.parse_value(value) for key, value in (pairs or [])}
+    from sela_edu.course.series.runner import parse_value
+
+    return {key: parse_value(value) for key, value in (pairs or [])}
 
 
 def torchrun_command(*, gpus: int = 1, nodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
@@ -69,6 +71,8 @@ def torchrun_command(*, gpus: int = 1, nodes: int = 1, node_rank: int = 0, maste
 
 
 def _cmd_run(args) -> int:
+    from sela_edu import course
+
     output = Path(args.output) if args.output else settings.results_dir() / "run"
     start = time.perf_counter()
     statuses = course.run_series(args.profile, output, only=args.only or None, parameters=_parameters(args.param),
@@ -80,7 +84,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_site(args) -> int:
-    from sela_edu.course.site import build_site
+    from sela_edu.course.series.site import build_site
 
     index = build_site(args.folder)
     print(f"pages of the run: {index}")
@@ -88,6 +92,8 @@ def _cmd_site(args) -> int:
 
 
 def _cmd_notebook(args) -> int:
+    from sela_edu import course
+
     params = _parameters(args.param)
     src = course.notebook_path(args.name)
     output = Path(args.output) if args.output else settings.results_dir() / "notebooks"
@@ -106,6 +112,8 @@ def _cmd_notebook(args) -> int:
 
 
 def _cmd_student(args) -> int:
+    from sela_edu.course.teaching import editions
+
     paths = editions.build_student_edition(args.output, args.source, args.material)
     for p in paths:
         print(p)
@@ -114,6 +122,8 @@ def _cmd_student(args) -> int:
 
 
 def _cmd_instructor(args) -> int:
+    from sela_edu.course.teaching import editions
+
     paths = editions.build_instructor_edition(args.output, args.source, args.material)
     for p in paths:
         print(p)
@@ -124,7 +134,7 @@ def _cmd_instructor(args) -> int:
 
 
 def _cmd_course_init(args) -> int:
-    from sela_edu.course.nbgrader_course import init_course
+    from sela_edu.course.teaching.nbgrader_course import init_course
 
     paths = init_course(args.directory, course_id=args.course_id, assignment=args.assignment, profile=args.profile,
                         timeout=args.timeout, source=args.source, material=args.material)
@@ -136,6 +146,8 @@ def _cmd_course_init(args) -> int:
 
 
 def _cmd_refresh(args) -> int:
+    from sela_edu import course
+
     names = args.names or list(STORED_OUTPUT_NOTEBOOKS)
     # the committed figures/ are the stored notebooks' figures: refreshing them is the one run that writes there
     figures = Path(args.figures) if args.figures else settings.REPO_ROOT / "figures"
@@ -199,7 +211,7 @@ def _cmd_train(args) -> int:
     """Training without a notebook; under torchrun every rank runs this."""
     import torch
 
-    from sela_edu.training import distributed
+    from sela_edu.training import torchrun
     from sela_edu.data import load_dataset
     from sela_edu.training import export_labels_csv
     from sela_edu.training import config_from_preset, train
@@ -209,7 +221,7 @@ def _cmd_train(args) -> int:
         overrides["dataset"] = args.dataset
     output = Path(args.output) if args.output else settings.results_dir() / "train"
     overrides.setdefault("checkpoint_dir", str(output / "checkpoints"))
-    rank, world = distributed.init_from_env()
+    rank, world = torchrun.init_from_env()
     try:
         config = config_from_preset(args.preset, **overrides)
         data = load_dataset(config.dataset, "train", root=args.data_root)
@@ -222,7 +234,7 @@ def _cmd_train(args) -> int:
             torch.save(result.model.state_dict(), output / "model.pt")
             print(train_summary(config, result, output, world))
     finally:
-        distributed.cleanup()
+        torchrun.cleanup()
     return 0
 
 
@@ -235,9 +247,9 @@ def _cmd_presets(args) -> int:
 
 
 def _cmd_ledger(args) -> int:
-    """The ledger of the paper's claims (sela_edu.course.ledger): run what the results folder lacks, print the table."""
-    from sela_edu.course.ledger import claims_for, format_table, ledger_rows
-    from sela_edu.course.ledger_runs import run_ledger, total_seconds
+    """The ledger of the paper's claims (sela_edu.course.ledger.claims): run what the results folder lacks, print the table."""
+    from sela_edu.course.ledger.claims import claims_for, format_table, ledger_rows
+    from sela_edu.course.ledger.store import run_ledger, total_seconds
 
     claims = claims_for(args.only)   # unknown ids fail here, before any run
     recorded = settings.home() / "docs" / "ledger"
@@ -286,19 +298,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sela-edu", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_series_commands, _add_teaching_commands, _add_training_commands, _add_folder_commands):
+        add(sub)
+    return parser
 
-    def common(p):
-        p.add_argument("--data-root", default=None, help="data folder (default $SELA_DATA_ROOT or data/)")
-        p.add_argument("--figures", default=None, help="figures folder")
-        p.add_argument("--timeout", type=int, default=None, help="seconds per cell at most")
-        p.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
-                       help="notebook parameter (repeatable); values are parsed as JSON where possible")
 
+def _notebook_options(p) -> None:
+    """The options of every command that executes notebooks."""
+    p.add_argument("--data-root", default=None, help="data folder (default $SELA_DATA_ROOT or data/)")
+    p.add_argument("--figures", default=None, help="figures folder")
+    p.add_argument("--timeout", type=int, default=None, help="seconds per cell at most")
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                   help="notebook parameter (repeatable); values are parsed as JSON where possible")
+
+
+def _add_series_commands(sub) -> None:
+    """run, site, notebook: the notebook series."""
     p = sub.add_parser("run", help="run the notebook series with papermill and print the summary table")
-    p.add_argument("--profile", default="classroom", choices=course.PROFILES)
+    p.add_argument("--profile", default="classroom", choices=PROFILES)
     p.add_argument("--output", default=None, help="default: <results>/run ($SELA_RESULTS_DIR, or results/)")
     p.add_argument("--only", nargs="*", help="notebook names or numbers (default: the whole series)")
-    common(p)
+    _notebook_options(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("site", help="(re)build the HTML pages and index.html of a finished run folder")
@@ -309,9 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="e.g. 04_cifar_and_svhn, or just 04")
     p.add_argument("--output", default=None, help="folder (or .ipynb path) for the executed notebook")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    common(p)
+    _notebook_options(p)
     p.set_defaults(func=_cmd_notebook)
 
+
+def _add_teaching_commands(sub) -> None:
+    """student, instructor, course init, refresh: editions and the committed outputs."""
     p = sub.add_parser("student", help="build the student edition (nbgrader's release: stubs, no hidden tests)")
     p.add_argument("--output", default="student")
     p.add_argument("--source", default=None, help="folder of solution notebooks (default notebooks/)")
@@ -331,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", help="the new course folder (must not exist, or be empty)")
     p.add_argument("--course-id", default="sela")
     p.add_argument("--assignment", default="sela", help="assignment name (default sela)")
-    p.add_argument("--profile", default="smoke", choices=course.PROFILES,
+    p.add_argument("--profile", default="smoke", choices=PROFILES,
                    help="the profile every autograde runs at (default smoke)")
     p.add_argument("--timeout", type=int, default=None, help="seconds per cell during autograde (default: sized for smoke)")
     p.add_argument("--source", default=None, help="folder of solution notebooks (default notebooks/ of a clone)")
@@ -344,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=int, default=600)
     p.set_defaults(func=_cmd_refresh)
 
+
+def _add_training_commands(sub) -> None:
+    """imagenet-command, presets, ledger, train."""
     p = sub.add_parser("imagenet-command", help="print the torchrun command for ImageNet training")
     p.add_argument("--gpus", type=int, default=1, help="GPUs per node")
     p.add_argument("--nodes", type=int, default=1)
@@ -375,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--set", nargs=2, action="append", metavar=("FIELD", "VALUE"),
                    help="TrainConfig override, e.g. -s epochs 3 (repeatable)")
     p.set_defaults(func=_cmd_train)
+
+
+def _add_folder_commands(sub) -> None:
+    """label, assign: self-label a folder of images, or put it into a trained model's clusters."""
     p = sub.add_parser("label", help="self-label every image under a folder: labels.csv and a contact sheet")
     p.add_argument("folder", help="folder of images (any tree of JPEG/PNG files; no class folders needed)")
     p.add_argument("--clusters", required=True, help="K for every head, or one K per head: 10 or 10,20,50")
@@ -410,7 +440,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-cluster", type=int, default=24, help="thumbnails per cluster on the contact sheet")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_assign)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,7 +55,8 @@ MIN_IMAGE_SIZE = {"smallcnn": 8, "alexnet": 63, "alexnet32": 16, "resnet18": 32,
 #: With the 3x3/1 CIFAR stem a ResNet downsamples 8x instead of 32x.
 MIN_IMAGE_SIZE_SMALL_STEM = 8
 
-ClusterSpec = int | Sequence[int]
+#: One K for every head (an int or ``"10"``) or one K per head (a list, or ``"10,20,50"``): see :func:`clusters_per_head`.
+ClusterSpec = int | Sequence[int] | str
 
 
 class MultiHeadNet(nn.Module):
@@ -140,16 +142,13 @@ class MultiHeadNet(nn.Module):
 
     def reset_heads(self, num_heads: int, num_clusters: ClusterSpec) -> None:
         """Replace the heads by ``num_heads`` freshly initialised ones (same device and dtype as the
-        backbone). ``num_clusters`` is one K for every head or a list with one K per head."""
-        ks = _cluster_list(num_heads, num_clusters)
+        backbone). ``num_clusters``: one K for every head or one K per head (:func:`clusters_per_head`)."""
+        ks = clusters_per_head(num_clusters, num_heads)
         ref = next(self.backbone.parameters(), None)
         heads = []
         for k in ks:
             head = nn.Linear(self.feature_dim, k)
-            # As in the official code: small weights, so that every head starts near the uniform
-            # distribution and the first labels come from the equipartition, not from the init.
-            nn.init.normal_(head.weight, 0.0, 0.01)
-            nn.init.zeros_(head.bias)
+            init_head(head)
             if ref is not None:
                 head = head.to(device=ref.device, dtype=ref.dtype)
             heads.append(head)
@@ -168,22 +167,52 @@ def check_head_temperature(value) -> float | None:
     return float(value)
 
 
-def _cluster_list(num_heads: int, num_clusters: ClusterSpec) -> list[int]:
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"num_heads must be a positive integer, got {num_heads!r}")
-    if isinstance(num_clusters, (int,)) and not isinstance(num_clusters, bool):
-        ks = [num_clusters] * num_heads
-    elif isinstance(num_clusters, Sequence) and not isinstance(num_clusters, str):
-        ks = list(num_clusters)
-        if len(ks) != num_heads:
-            raise ValueError(f"num_clusters lists {len(ks)} values ({ks}) but num_heads is {num_heads}: "
-                             "give one K per head, or a single int for all heads")
+def clusters_per_head(clusters: ClusterSpec, heads: int | None = None) -> list[int]:
+    """K of every head, as a list: the kit's one rule for "K per head" (models, config, CLI, label a folder).
+
+    ``clusters`` is one K for every head (an int, a one-element list, or ``"10"``) or one K per head (a
+    list, or a comma-separated string ``"10,20,50"``). ``heads`` is the number of heads; None: one per K
+    given. Raises ValueError naming the problem: a count that matches neither rule, a K below 2, a word.
+    """
+    if heads is not None and (isinstance(heads, bool) or not isinstance(heads, (int, np.integer)) or heads < 1):
+        raise ValueError(f"num_heads must be a positive integer, got {heads!r}")
+    if isinstance(clusters, str):
+        ks = _parse_cluster_text(clusters)
+    elif isinstance(clusters, (int, np.integer)) and not isinstance(clusters, bool):
+        ks = [clusters]
+    elif isinstance(clusters, Sequence):
+        ks = list(clusters)
     else:
-        raise ValueError(f"num_clusters must be an int or a list of ints, got {num_clusters!r}")
+        raise ValueError(f"num_clusters must be an int or a list of ints, got {clusters!r}")
     for k in ks:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-            raise ValueError(f"every number of clusters must be an integer >= 2, got {num_clusters!r}")
-    return ks
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+            raise ValueError(f"every number of clusters must be an integer >= 2, got {clusters!r}")
+    if heads is not None and len(ks) == 1:
+        ks = ks * int(heads)
+    if not ks or (heads is not None and len(ks) != heads):
+        raise ValueError(f"num_clusters lists {len(ks)} values ({clusters!r}) but num_heads is {heads}: "
+                         "give one K for every head, or one K per head")
+    return [int(k) for k in ks]
+
+
+def _parse_cluster_text(text: str) -> list:
+    """"10,20,50" -> [10, 20, 50]; a word that is not a whole number stays as it is, for the error."""
+    words = [w for w in text.replace(" ", "").split(",") if w]
+    return [int(w) if w.isdigit() else w for w in words]
+
+
+def init_head(head: nn.Linear) -> None:
+    """A head's weights as the official code starts them, in place: small (N(0, 0.01)) with zero bias, so
+    that every head starts near the uniform distribution and the first labels come from the
+    equipartition, not from the initialisation. Used at build time and when heads start afresh."""
+    nn.init.normal_(head.weight, 0.0, 0.01)
+    nn.init.zeros_(head.bias)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The kit's model out of its DistributedDataParallel wrapper when it has one (scoring, evaluating
+    and re-initialising heads need the network itself, not the gradient synchronisation)."""
+    return model.module if isinstance(getattr(model, "module", None), nn.Module) else model
 
 
 def _init_conv_bn(module: nn.Module) -> None:
@@ -275,7 +304,7 @@ def _build_feature_model(arch: str, num_heads: int, num_clusters: ClusterSpec, i
         raise ValueError(f"small_stem applies to the ResNets only, not to {arch!r}")
     if rotation:
         raise ValueError(f"{arch!r} reads feature vectors, which cannot be rotated: no rotation head")
-    _cluster_list(num_heads, num_clusters)
+    clusters_per_head(num_clusters, num_heads)
     check_head_temperature(head_temperature)
     backbone, dim = _feature_mlp(in_features)
     model = MultiHeadNet(backbone, dim, num_heads, num_clusters, build_kwargs=dict(arch=arch, in_features=in_features),
@@ -308,7 +337,7 @@ def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10
     Args:
         arch: one of ``ARCHS``.
         num_heads: number of heads (independent clusterings sharing the backbone).
-        num_clusters: K for every head, or a list with one K per head.
+        num_clusters: K for every head, or one K per head (:func:`clusters_per_head`).
         in_channels: 1 for grey images, 3 for colour.
         image_size: side of the (square) input in pixels; decides strides (smallcnn), the ResNet stem,
             and is checked against the architecture's minimum (``MIN_IMAGE_SIZE``).
@@ -346,7 +375,7 @@ def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10
                 "alexnet32": "; for tiny images use 'smallcnn'"}.get(arch, "")
         raise ValueError(f"image_size {image_size} px is too small for {arch!r}{stem}: it needs at least "
                          f"{min_size} px{hint}")
-    _cluster_list(num_heads, num_clusters)  # validate before building anything large
+    clusters_per_head(num_clusters, num_heads)  # validate before building anything large
     check_head_temperature(head_temperature)
 
     if arch == "alexnet":
@@ -370,4 +399,5 @@ def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10
     return model
 
 
-__all__ = ["ARCHS", "FEATURE_ARCHS", "MIN_IMAGE_SIZE", "MultiHeadNet", "build_model"]
+__all__ = ["ARCHS", "FEATURE_ARCHS", "MIN_IMAGE_SIZE", "MultiHeadNet", "build_model", "clusters_per_head",
+           "init_head", "unwrap"]

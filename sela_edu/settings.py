@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
+
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,6 +72,8 @@ def results_dir() -> Path:
 
 def pick_device(preference: str | torch.device = "auto") -> torch.device:
     """``"auto"`` gives the GPU when there is one, else the CPU; anything else is taken as a device name."""
+    import torch  # here, not at the top: the command line reads these settings and should start at once
+
     if isinstance(preference, torch.device):
         return preference
     if preference == "auto":
@@ -83,6 +87,9 @@ def pick_device(preference: str | torch.device = "auto") -> torch.device:
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and every GPU) in one call; with ``$SELA_DETERMINISTIC`` set, also
     make torch use only deterministic algorithms (cuBLAS then needs its workspace setting, given here)."""
+    import numpy as np
+    import torch
+
     if _flag(DETERMINISTIC_ENV):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)

@@ -1,5 +1,7 @@
 """Fixtures shared by the test modules."""
 
+import socket
+
 import pytest
 import torch
 
@@ -15,3 +17,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port free right now on the loopback interface: MASTER_PORT of the tests that start several
+    processes (torch.distributed), or the port of a server a test starts."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

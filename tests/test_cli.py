@@ -10,7 +10,7 @@ import pytest
 
 from sela_edu import cli, course, settings
 from sela_edu import data
-from sela_edu.course.runner import NOTEBOOKS
+from sela_edu.course.series.notebooks import NOTEBOOKS
 
 
 def test_parse_value_reads_json_or_keeps_strings():
@@ -195,7 +195,7 @@ def test_outputs_land_in_the_working_directory_when_installed_without_e(pip_inst
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sela_edu.course import figures
+    from sela_edu.course.views import figures
     from sela_edu import settings
 
     site, work = pip_installed
@@ -229,16 +229,8 @@ def test_train_command_ends_with_the_summary(pip_installed, capsys):
     assert f"labels -> {work / 'results' / 'train' / 'labels.csv'}" in out
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_make_lab_answers_on_localhost(tmp_path):
+def test_make_lab_answers_on_localhost(tmp_path, free_port):
     """`make lab`'s own command line (from `make -n`), started headless on a free loopback port with a token:
     the server answers, serves the notebooks folder, and offers the kernel the notebooks name."""
     import json as _json
@@ -254,7 +246,7 @@ def test_make_lab_answers_on_localhost(tmp_path):
 
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    port, token = _free_port(), "sela-test-token"
+    port, token = free_port, "sela-test-token"
     venv = Path(sys.prefix)
     dry = subprocess.run(["make", "-n", "lab", f"VENV={venv}", f"STAMP={tmp_path / 'stamp'}",
                           f"LAB_ARGS=--no-browser --ServerApp.ip=127.0.0.1 --ServerApp.port={port} "

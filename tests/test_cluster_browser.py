@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sela_edu.course import browser as cb
+from sela_edu.course.views import browser as cb
 from sela_edu.data import ImageData
 from sela_edu.models import build_model
 from sela_edu.labelling import self_label
@@ -153,13 +153,12 @@ def test_cluster_numbers_need_no_widgets(tiny):
     import subprocess
     import sys
 
-    probe = ("import sys, sela_edu.course.cluster_views; "
+    probe = ("import sys, sela_edu.course.views.cluster_views; "
              "print(sorted(m for m in ('ipywidgets', 'matplotlib', 'IPython') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
 
-    from sela_edu.course import cluster_views
-
+    from sela_edu.course.views import cluster_views
     model, data = tiny
     labels = cb.from_model(model, data, lam=10.0, draw=False).views[1].labels
     views = cluster_views.head_views(labels=labels[None], weights=[model.heads[1].weight.detach()])

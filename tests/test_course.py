@@ -7,6 +7,7 @@ import os
 import pytest
 
 from sela_edu import course, settings
+from sela_edu.course.series import notebooks, runner
 from sela_edu.training import config_from_preset
 
 
@@ -18,7 +19,7 @@ def test_run_series_shows_one_overall_progress_bar(tmp_path, monkeypatch):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text("{}")
 
-    monkeypatch.setattr(course.runner, "execute_notebook", fake_execute)
+    monkeypatch.setattr(runner, "execute_notebook", fake_execute)
     stream = io.StringIO()
     import tqdm.auto
 
@@ -44,9 +45,9 @@ def test_run_series_records_each_notebooks_time_beside_the_notebooks(tmp_path, m
         if name.startswith("02"):
             raise RuntimeError("a cell raised")
 
-    monkeypatch.setattr(course.runner, "execute_notebook", fake_execute)
+    monkeypatch.setattr(runner, "execute_notebook", fake_execute)
     course.run_series("smoke", tmp_path / "out", only=["01", "02"], log=lambda _: None, progress=False, pages=False)
-    record = json.loads((tmp_path / "out" / course.runner.TIMES_RECORD).read_text())
+    record = json.loads((tmp_path / "out" / notebooks.TIMES_RECORD).read_text())
     assert record["profile"] == "smoke" and record["machine"]["cores"] == os.cpu_count()
     assert {name: entry["status"] for name, entry in record["notebooks"].items()} == {
         "01_optimal_transport_toy": "ok", "02_self_labelling_objective": "failed"}
@@ -58,10 +59,10 @@ def test_run_series_records_each_notebooks_time_beside_the_notebooks(tmp_path, m
 def recorded_times_at(monkeypatch):
     """Point the runner at another docs/times.json (its reading is cached, so clear it around the test)."""
     def point(path):
-        monkeypatch.setattr(course.runner, "RECORDED_TIMES", path)
-        course.runner.recorded_seconds.cache_clear()
+        monkeypatch.setattr(notebooks, "RECORDED_TIMES", path)
+        notebooks.recorded_seconds.cache_clear()
     yield point
-    course.runner.recorded_seconds.cache_clear()
+    notebooks.recorded_seconds.cache_clear()
 
 
 def test_progress_weights_come_from_the_recorded_run(tmp_path, recorded_times_at):
@@ -75,17 +76,17 @@ def test_progress_weights_come_from_the_recorded_run(tmp_path, recorded_times_at
     recorded_times_at(times)
     assert one.expected_seconds("smoke") == 12.4
     # a notebook that did not run, and a profile without a recorded run, weigh the default
-    assert three.expected_seconds("smoke") == course.runner.DEFAULT_SECONDS
-    assert one.expected_seconds("classroom") == course.runner.DEFAULT_SECONDS
+    assert three.expected_seconds("smoke") == notebooks.DEFAULT_SECONDS
+    assert one.expected_seconds("classroom") == notebooks.DEFAULT_SECONDS
     recorded_times_at(tmp_path / "absent.json")   # an installed wheel: no docs/
-    assert one.expected_seconds("smoke") == course.runner.DEFAULT_SECONDS
+    assert one.expected_seconds("smoke") == notebooks.DEFAULT_SECONDS
 
 
 def test_a_file_that_is_not_recorded_times_is_named(tmp_path):
     bad = tmp_path / "times.json"
     bad.write_text('{"notebooks": {}}')
     with pytest.raises(ValueError, match="times.json is not a file of recorded times"):
-        course.runner.load_recorded_times(bad)
+        notebooks.load_recorded_times(bad)
 
 
 def test_kernels_get_absolute_folders_though_they_run_in_the_notebooks_folder(tmp_path, monkeypatch):
@@ -109,7 +110,7 @@ def test_kernels_get_absolute_folders_though_they_run_in_the_notebooks_folder(tm
 
 
 def test_run_series_falls_back_with_one_notice_at_the_top(tmp_path, monkeypatch):
-    monkeypatch.setattr(course.runner, "execute_notebook", lambda name, target, params, **kw: kw["extra_env"])
+    monkeypatch.setattr(runner, "execute_notebook", lambda name, target, params, **kw: kw["extra_env"])
     monkeypatch.setenv(settings.OFFLINE_ENV, "1")
     logs = []
     course.run_series("classroom", tmp_path / "out", only=["03"], data_root=tmp_path / "empty", log=logs.append,
@@ -153,3 +154,23 @@ def test_record_result_keeps_verdicts_for_the_summary(tmp_path):
     assert "03: SeLa beats k-means labels on kNN accuracy by 2.0 points" in table
 
 
+
+
+def test_checkpoint_folders_of_different_runs_differ():
+    """Two notebook runs that differ in any field that changes what is trained never share a folder (the second
+    would stop with "different config"); fields a run may resume under (epochs aside) keep the folder."""
+    base = config_from_preset("smoke")
+    folder = course.checkpoint_folder(base, "out")
+    for change in ({"nopts": 3}, {"score_mode": "augmented"}, {"rotation": True}, {"lr": 0.01}):
+        assert course.checkpoint_folder(config_from_preset("smoke", **change), "out") != folder, change
+    for change in ({"device": "cpu"}, {"eval_every": 1}, {"knn_k": 10}, {"checkpoint_dir": "elsewhere"}):
+        assert course.checkpoint_folder(config_from_preset("smoke", **change), "out") == folder, change
+
+
+def test_command_line_starts_without_torch():
+    """`sela-edu --help` answers at once: the command line imports torch only in the commands that run it."""
+    import subprocess
+    import sys
+
+    code = "import sys, sela_edu.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

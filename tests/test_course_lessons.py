@@ -1,4 +1,4 @@
-"""The loops and harnesses the notebooks call (sela_edu.course.objective, imbalance_study, label_transfer,
+"""The loops and harnesses the notebooks call (sela_edu.course.studies.objective, imbalance_study, label_transfer,
 timing), on the digits and tiny sizes."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sela_edu import build_model, config_from_preset, load_dataset, make_loader, self_label
-from sela_edu.course import imbalance_study, label_transfer, objective, timing
+from sela_edu.course.studies import imbalance_study, label_transfer, objective, timing
 from sela_edu.labelling import synthetic_scores
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

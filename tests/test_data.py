@@ -209,6 +209,16 @@ def test_unknown_name_lists_valid_names():
     assert all(name in str(err.value) for name in DATASET_NAMES)
 
 
+def test_names_are_read_as_the_user_types_them():
+    from sela_edu.data.datasets import canonical_name, normalise_name
+
+    assert normalise_name(" Fashion_MNIST ") == "fashion-mnist" and normalise_name("ResNet50_10x3k") == "resnet50-10x3k"
+    assert [canonical_name(n) for n in ("FashionMNIST", "CIFAR_10", " cifar-100", "SVHN")] == \
+        ["fashion-mnist", "cifar10", "cifar100", "svhn"]
+    with pytest.raises(ValueError, match="string"):
+        canonical_name(10)
+
+
 @pytest.mark.parametrize("name, split", [("cifar10", "val"), ("digits", "validation"), ("imagenet", "test")])
 def test_bad_split(name, split):
     with pytest.raises(ValueError, match="split"):
@@ -509,8 +519,8 @@ def test_successful_download_gives_fashion_mnist(tmp_path, monkeypatch):
 
 
 def test_paper_profile_takes_the_notebooks_paper_data_set_without_looking_for_fashion_mnist(tmp_path, monkeypatch):
-    from sela_edu.course import cpu_dataset, data_choice
-
+    from sela_edu.course import cpu_dataset
+    from sela_edu.course.series import data_choice
     monkeypatch.setattr(data_choice, "ensure_dataset", lambda *a, **k: pytest.fail("no Fashion-MNIST at paper"))
     assert cpu_dataset("paper", None, tmp_path, paper="cifar-10") == "cifar10"
     assert cpu_dataset("paper", "svhn", tmp_path, paper="cifar10") == "svhn"     # the parameter wins

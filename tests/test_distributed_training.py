@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from sela_edu.training import distributed as dist_utils
+from sela_edu.training import torchrun as dist_utils
 
 WORLD = 2
 # Odd on purpose: each rank's shard is padded by one repeated image, which the label step must ignore.
@@ -40,9 +40,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_agree_on_weights_and_labels(tmp_path):
-    port = dist_utils.free_port()
-    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
+def test_two_gloo_ranks_agree_on_weights_and_labels(tmp_path, free_port):
+    mp.spawn(_worker, args=(free_port, str(tmp_path)), nprocs=WORLD, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
     assert r0["world"] == r1["world"] == WORLD

@@ -10,7 +10,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from sela_edu.course.runner import NOTEBOOKS, NOTEBOOKS_DIR, RECORDED_TIMES, load_recorded_times
+from sela_edu.course.series.notebooks import NOTEBOOKS, NOTEBOOKS_DIR, RECORDED_TIMES, load_recorded_times
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

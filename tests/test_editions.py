@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from sela_edu.course import editions, exercises
-from sela_edu.course.runner import NOTEBOOKS
+from sela_edu.course.teaching import editions, exercises
+from sela_edu.course.series.notebooks import NOTEBOOKS
 from sela_edu import settings
 
 ROOT = settings.REPO_ROOT

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from sela_edu.course import exercises
-from sela_edu.course.exercises import ExerciseFailure
+from sela_edu.course.teaching import exercises
+from sela_edu.course.teaching.exercises import ExerciseFailure
 
 
 # ---------------------------------------------------------------- one Sinkhorn iteration
@@ -342,7 +342,7 @@ def kit_matched_agreement(a, b):
 
 
 def kit_beats_verdict(a, b):
-    from sela_edu.course.ledger import Beats
+    from sela_edu.course.ledger.claims import Beats
 
     return Beats("a", "b", "knn").judge({"a": a, "b": b}).verdict
 

@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 
-from sela_edu.course.figures import plot_history, relabel_moments  # noqa: E402
+from sela_edu.course.views.figures import plot_history, relabel_moments  # noqa: E402
 
 HISTORY = [
     {"epoch": 1, "step": 10, "loss": 2.0, "nmi": [0.2, 0.3],
@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 from matplotlib.container import BarContainer  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
-from sela_edu.course import figures  # noqa: E402
+from sela_edu.course.views import figures  # noqa: E402
 
 # 03's recorded make run: kNN of a random network, k-means pseudo-labels and SeLa
 EVALUATION = {"kNN": {"random network": 83.0, "k-means labels": 82.3, "SeLa": 86.1},

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from PIL import Image
 from sela_edu import cli
 from sela_edu.apps.label_folder import label_folder, list_files, load_folder_images
 from sela_edu.training import read_path_labels_csv
-from sela_edu.apps.pretrained import load_checkpoint_file
+from sela_edu.apps.pretrained import PretrainedError, load_checkpoint_file
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
@@ -136,6 +138,15 @@ def test_backbone_from_a_checkpoint_file(folder, tmp_path):
     heads = torch.load(tmp_path / "second" / "heads.pt", weights_only=True)
     assert torch.equal(heads["labels"], result.labels) and heads["head_sizes"] == [3, 4]
     assert heads["heads"]["build_kwargs"]["arch"] == "feature-mlp" and len(heads["heads"]["data"]["mean"]) == 256
+    # none of the run's files is an image network: each is named, with what reads it instead
+    out = tmp_path / "second"
+    reader = f"sela-edu assign FOLDER --model {out / 'heads.pt'}"
+    for name, holds in (("checkpoints/last.pt", "heads trained on a frozen backbone's features"),
+                        ("checkpoints/features.pt", "the frozen backbone's features"),
+                        ("heads.pt", "the heads a `sela-edu label --backbone` run trained")):
+        with pytest.raises(PretrainedError) as err:
+            load_checkpoint_file(out / name)
+        assert str(err.value).startswith(f"{out / name} holds {holds}") and reader in str(err.value)
     # another backbone in the same output: new features, and heads trained from the start on them
     seen.clear()
     other = tmp_path / "other.pt"
@@ -157,3 +168,27 @@ def test_errors_are_clear(tmp_path, folder):
     (empty / "x.txt").write_text("x")
     with pytest.raises(ValueError, match="readable image"):
         label_folder(empty, tmp_path / "o", clusters=3, progress=False)
+
+
+def _script(name):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_backbone_heads_train_as_the_deleted_loop_did():
+    """The trainer that `label --backbone` now runs is the arithmetic of the loop it replaced: fed the
+    trainer's own random draws (initial weights, batches, noise, dropout masks) and its warm start, the
+    deleted loop (kept in benchmarks/backbone_heads.py) gives the trainer's labels bit for bit, so the two
+    differ only by their random draws and the warm start (measured there over seeds)."""
+    bench = _script("backbone_heads")
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=g) * 3
+    features = (centres.repeat_interleave(40, 0) + torch.randn(120, 16, generator=g)).relu()
+    for seed in (0, 1):
+        trainer = bench.trainer_labels(features, [3, 4], seed=seed, epochs=3, batch_size=32)
+        same_draws = bench.deleted_loop(features, [3, 4], seed=seed, epochs=3, batch_size=32, warm_start=True,
+                                        draws=bench.trainer_draws(features, [3, 4], seed, batch_size=32))
+        assert torch.equal(same_draws, trainer)

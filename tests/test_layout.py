@@ -14,15 +14,18 @@ PACKAGE = Path(sela_edu.__file__).parent
 #: what each part of the kit may import from the rest of it (besides itself); docs/DESIGN.md, "Rules"
 ALLOWED = {
     "settings": set(),
+    "files": set(),
+    "paper": set(),
     "ot": set(),
     "models": set(),
     "labelling": set(),
     "data": {"settings"},
     "evaluation": {"settings", "data", "models", "labelling"},
-    "training": {"settings", "data", "models", "labelling", "evaluation"},
-    "apps": {"settings", "data", "models", "labelling", "evaluation", "training"},
-    "course": {"settings", "data", "models", "labelling", "evaluation", "training", "ot"},
-    "cli": {"settings", "data", "models", "labelling", "evaluation", "training", "ot", "apps", "course"},
+    "training": {"settings", "files", "data", "models", "labelling", "evaluation"},
+    "apps": {"settings", "files", "paper", "data", "models", "labelling", "evaluation", "training"},
+    "course": {"settings", "files", "paper", "data", "models", "labelling", "evaluation", "training", "ot"},
+    "cli": {"settings", "files", "paper", "data", "models", "labelling", "evaluation", "training", "ot", "apps",
+            "course"},
     "__main__": {"cli"},
     "__init__": set(),          # the public names load lazily, by name (importlib)
 }
@@ -88,7 +91,7 @@ def _package(path: Path) -> list[str]:
 
 
 def test_rule_reader_sees_relative_and_absolute_imports():
-    src = ("from ..training import train\nfrom sela_edu.data import load_dataset\nimport sela_edu.course.runner\n"
+    src = ("from ..training import train\nfrom sela_edu.data import load_dataset\nimport sela_edu.course.series.runner\n"
            "def f():\n    from sela_edu import models\n    from . import _kernels\n    import numpy\n")
     assert kit_imports(src, ["sela_edu", "labelling"]) == {"training", "data", "course", "models", "labelling"}
 
@@ -144,3 +147,96 @@ def test_size_rule_names_the_long_modules(tmp_path):
 
 def test_no_module_is_much_over_500_lines():
     assert modules_over(MAX_MODULE_LINES) == [], f"split these by job (over {MAX_MODULE_LINES} lines)"
+
+
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    """``sela_edu/course/ledger/runs.py`` -> ``sela_edu.course.ledger.runs``; a package's ``__init__`` is the package."""
+    return ".".join(_module(path) if package == PACKAGE else
+                    [package.name, *path.relative_to(package).with_suffix("").parts[:-1 if path.name == "__init__.py" else None]])
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the kit's modules it imports: every import, at the top, inside functions or under TYPE_CHECKING,
+    resolved to the module it names (``from pkg import mod`` is ``pkg.mod``; ``from pkg import name`` is
+    ``pkg``, its ``__init__``)."""
+    root = package.name
+    paths = {module_name(p, package): p for p in package.rglob("*.py")}
+    graph = {}
+    for name, path in paths.items():
+        here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = here[: len(here) - node.level + 1] if node.level else []
+                target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+                if target.split(".")[0] != root:
+                    continue
+                for alias in node.names:
+                    edges.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in paths else target)
+            elif isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names if a.name.split(".")[0] == root)
+        graph[name] = {e for e in edges if e in paths and e != name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of more than one module (Tarjan), each sorted: an import circle."""
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_cycle_reader_finds_circles_inside_functions_and_packages(tmp_path):
+    pkg = tmp_path / "kit"
+    (pkg / "sub").mkdir(parents=True)
+    files = {"__init__.py": "", "a.py": "from kit import b\n", "b.py": "def f():\n    from kit.sub import c\n",
+             "sub/__init__.py": "from .c import x\n", "sub/c.py": "from typing import TYPE_CHECKING\n"
+             "if TYPE_CHECKING:\n    from ..a import y\nx = 1\n", "d.py": "from kit.sub import c\nimport kit.a\n"}
+    for name, text in files.items():
+        (pkg / name).write_text(text)
+    graph = import_graph(pkg)
+    assert graph["kit.b"] == {"kit.sub.c"} and graph["kit.sub"] == {"kit.sub.c"}
+    assert import_cycles(graph) == [["kit.a", "kit.b", "kit.sub.c"]]
+    (pkg / "sub/c.py").write_text("x = 1\n")
+    assert import_cycles(import_graph(pkg)) == []
+
+
+def test_no_import_circle_anywhere():
+    """No module imports, however indirectly and however late, a module that imports it."""
+    assert import_cycles(import_graph()) == []
+
+
+#: the course's groups (docs/DESIGN.md): every course module lives in one of them
+COURSE_GROUPS = {"series", "teaching", "studies", "views", "ledger"}
+
+
+def test_course_modules_live_in_their_groups():
+    course = PACKAGE / "course"
+    loose = sorted(p.name for p in course.glob("*.py") if p.name != "__init__.py")
+    assert loose == [], f"put these in one of the course's groups {sorted(COURSE_GROUPS)}"
+    groups = {p.name for p in course.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert groups == COURSE_GROUPS

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from sela_edu.course import ledger
-from sela_edu.course.ledger import (CLAIMS, DOES_NOT, NOT_RUN, REPRODUCES, WITHIN, Beats, Close, InRange,
+from sela_edu.course.ledger import claims as ledger
+from sela_edu.course.ledger.claims import (CLAIMS, DOES_NOT, NOT_RUN, REPRODUCES, WITHIN, Beats, Close, InRange,
                                     claims_for, format_table, judge, ledger_rows)
-from sela_edu.course.ledger_runs import (PROFILES, LedgerFileError, plan, read_result, result_path, run_ledger,
-                                         setting_specs, write_result)
+from sela_edu.course.ledger.runs import PROFILES, plan, setting_specs
+from sela_edu.course.ledger.store import LedgerFileError, read_result, result_path, run_ledger, write_result
 
 SMOKE = PROFILES["smoke"]
 
@@ -156,7 +156,7 @@ def test_ablation_figure_draws_what_is_there(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sela_edu.course.ledger_plots import ABLATIONS, ablation_figure
+    from sela_edu.course.ledger.plots import ABLATIONS, ablation_figure
 
     results = run_ledger(SMOKE, tmp_path, only=["2a"], runner=_fake_runner([]), progress=False, log=lambda s: None)
     for claim in (3, 4, 5, 6):                                        # settings partly or wholly missing

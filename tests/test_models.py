@@ -1,8 +1,9 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from sela_edu.models import ARCHS, FEATURE_ARCHS, MultiHeadNet, build_model
+from sela_edu.models import ARCHS, FEATURE_ARCHS, MultiHeadNet, build_model, clusters_per_head, init_head, unwrap
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -116,6 +117,36 @@ def test_heads_start_near_uniform():
     assert (p - 0.1).abs().max() < 0.05
 
 
+def test_models_and_the_trainer_read_k_per_head_by_one_rule():
+    from sela_edu.training import clusters_per_head as trainers_rule
+
+    assert trainers_rule is clusters_per_head
+    model = build_model("smallcnn", num_heads=3, num_clusters="4, 5,6", in_channels=1, image_size=8)
+    assert model.num_clusters == [4, 5, 6]
+    model.reset_heads(np.int64(2), np.int64(3))  # numpy integers, as a notebook's arrays give them
+    assert model.num_clusters == [3, 3] and model.build_kwargs["num_clusters"] == 3
+
+
+def test_init_head_starts_a_head_small_with_zero_bias():
+    torch.manual_seed(0)
+    head = nn.Linear(256, 100)
+    init_head(head)
+    assert head.bias.detach().abs().max() == 0 and abs(float(head.weight.detach().std()) - 0.01) < 0.001
+
+
+def test_unwrap_takes_the_model_out_of_a_ddp_wrapper_only():
+    class Wrapper(nn.Module):  # DistributedDataParallel keeps the network as .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    model = build_model("smallcnn", in_channels=1, image_size=8)
+    assert unwrap(Wrapper(model)) is model and unwrap(model) is model
+    other = nn.Linear(2, 2)
+    other.module = "not a network"
+    assert unwrap(other) is other
+
+
 def test_bad_arch_lists_archs():
     with pytest.raises(ValueError, match="resnet18") as err:
         build_model("vgg16")
@@ -134,7 +165,8 @@ def test_image_too_small(arch, size, needed):
     ({"num_heads": 0}, "num_heads"),
     ({"num_heads": 2, "num_clusters": [5, 5, 5]}, "num_heads is 2"),
     ({"num_clusters": 1}, ">= 2"),
-    ({"num_clusters": "10"}, "num_clusters"),
+    ({"num_clusters": 10.0}, "num_clusters"),
+    ({"num_clusters": "10,x"}, ">= 2"),
     ({"in_channels": 0}, "in_channels"),
     ({"small_stem": True}, "ResNets only"),
     ({"head_temperature": 0}, "head_temperature"),

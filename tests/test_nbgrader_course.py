@@ -8,9 +8,9 @@ import pytest
 from traitlets.config.loader import PyFileConfigLoader
 
 from sela_edu import cli, settings
-from sela_edu.course import editions
-from sela_edu.course import nbgrader_course
-from sela_edu.course.nbgrader_course import SetProfile, course_config, init_course
+from sela_edu.course.teaching import editions
+from sela_edu.course.teaching import nbgrader_course
+from sela_edu.course.teaching.nbgrader_course import SetProfile, course_config, init_course
 
 ROOT = settings.REPO_ROOT
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from sela_edu.course import exercises
+from sela_edu.course.teaching import exercises
 from sela_edu import settings
-from sela_edu.course.nbgrader_course import RESULTS_FOLDER, init_course
+from sela_edu.course.teaching.nbgrader_course import RESULTS_FOLDER, init_course
 
 pytest.importorskip("nbgrader")
 pytestmark = pytest.mark.slow

@@ -26,8 +26,7 @@ import nbformat
 import pytest
 
 from sela_edu import course, settings
-from sela_edu.course import editions, exercises
-
+from sela_edu.course.teaching import editions, exercises
 ROOT = settings.REPO_ROOT
 NB_DIR = ROOT / "notebooks"
 NAMES = [info.name for info in course.NOTEBOOKS]
@@ -94,7 +93,7 @@ def kit_imports_beyond_public(source):
 
 
 def test_setup_import_rule_sees_private_modules():
-    assert kit_imports_beyond_public("from sela_edu import train, course\nfrom sela_edu.course.timing import x\n"
+    assert kit_imports_beyond_public("from sela_edu import train, course\nfrom sela_edu.course.studies.timing import x\n"
                                      "from sela_edu.ot import sinkhorn") == []
     assert kit_imports_beyond_public("import torch\nfrom sela_edu.training import train\nimport sela_edu.data") == \
         ["sela_edu.training", "sela_edu.data"]

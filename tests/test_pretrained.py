@@ -230,11 +230,9 @@ def test_kit_model_file_and_bare_state_dict(tmp_path):
         assert torch.allclose(pre.model.features(x), model.features(x))
 
 
-def test_unexpected_error_reading_a_kit_checkpoint_is_not_hidden(tmp_path, monkeypatch):
-    """Only "not in the kit's checkpoint format" sends a file to the plain reader; any other failure (a
-    disk error, a bug) reaches the caller instead of being read past."""
-    from sela_edu.training import checkpoint as ckpt
-
+def test_unexpected_error_reading_a_file_is_not_hidden(tmp_path, monkeypatch):
+    """A failure that says nothing about the file's content (a disk error, a bug) reaches the caller as it
+    is, instead of being reported as a corrupt file."""
     model = build_model("smallcnn", num_heads=1, num_clusters=3, in_channels=1, image_size=28)
     path = tmp_path / "model.pt"
     torch.save({"build_kwargs": dict(model.build_kwargs), "state_dict": model.state_dict()}, path)
@@ -242,9 +240,74 @@ def test_unexpected_error_reading_a_kit_checkpoint_is_not_hidden(tmp_path, monke
     def failing_read(*args, **kwargs):
         raise OSError("read failed")
 
-    monkeypatch.setattr(ckpt, "load_checkpoint", failing_read)
+    monkeypatch.setattr(torch, "load", failing_read)
     with pytest.raises(OSError, match="read failed"):
         pt.load_checkpoint_file(path)
+
+
+def _count_torch_loads(monkeypatch) -> list:
+    calls = []
+    real = torch.load
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting)
+    return calls
+
+
+def _feature_run_checkpoint(folder):
+    """The training checkpoint a `sela-edu label --backbone` run writes: the folder-backbone preset's heads
+    trained by the kit's trainer on feature vectors, one epoch."""
+    from sela_edu.data.features import FeatureData
+    from sela_edu.training import train
+    from sela_edu.training.presets import folder_backbone_config
+
+    data = FeatureData.from_features(torch.randn(64, 8, generator=torch.Generator().manual_seed(0)))
+    config = folder_backbone_config(len(data), 4, epochs=1, batch_size=32, device="cpu", checkpoint_dir=str(folder))
+    train(config, data, progress=False)
+    return folder / "last.pt"
+
+
+def test_a_released_file_and_a_kit_checkpoint_are_read_once(tmp_path, monkeypatch):
+    tv = torchvision.models.resnet18(num_classes=5)
+    released = tmp_path / "resnet18-1k_pp.pth"
+    torch.save({"state_dict": tv.state_dict(), "labels": torch.zeros(1, 10, dtype=torch.long)}, released)
+    kit = tmp_path / "kit"
+    model = build_model("smallcnn", num_heads=1, num_clusters=3, in_channels=1, image_size=28)
+    from sela_edu.training.checkpoint import save_checkpoint
+
+    save_checkpoint(kit / "last.pt", {"model": model.state_dict(), "config": {"dataset": "fashion-mnist",
+                                                                              "arch": "smallcnn"}})
+    calls = _count_torch_loads(monkeypatch)
+    assert pt.load_checkpoint_file(released).layout == "torchvision"
+    assert calls == [released]
+    calls.clear()
+    assert pt.load_checkpoint_file(kit / "last.pt").arch == "smallcnn"
+    assert calls == [kit / "last.pt"]
+
+
+def test_a_kit_checkpoint_of_another_format_version_keeps_its_message(tmp_path):
+    from sela_edu.training import checkpoint as ckpt
+
+    model = build_model("smallcnn", num_heads=1, num_clusters=3, in_channels=1, image_size=28)
+    path = tmp_path / "last.pt"
+    torch.save({"format": ckpt.FORMAT, "version": ckpt.FORMAT_VERSION + 1,
+                "state": {"model": model.state_dict(), "config": {"dataset": "fashion-mnist"}}}, path)
+    with pytest.raises(ckpt.CheckpointError,
+                       match=rf"{path.name} has format version {ckpt.FORMAT_VERSION + 1}.*reads version"):
+        pt.load_checkpoint_file(path)
+
+
+def test_a_backbone_runs_training_checkpoint_is_named_with_what_reads_it(tmp_path):
+    last = _feature_run_checkpoint(tmp_path / "out" / "checkpoints")
+    with pytest.raises(pt.PretrainedError) as err:
+        pt.load_checkpoint_file(last)
+    text = str(err.value)
+    assert text.startswith(f"{last} holds heads trained on a frozen backbone's features")
+    assert "training checkpoint of a `sela-edu label --backbone` run" in text and "in_features" not in text
+    assert f"sela-edu assign FOLDER --model {tmp_path / 'out' / 'heads.pt'}" in text
 
 
 def test_kit_model_file_keeps_cosine_heads(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import ot
@@ -592,12 +591,6 @@ def test_score_buffer_refuses_wrong_use():
 # distributed: two CPU processes with gloo
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank, world, port, scores, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -612,13 +605,13 @@ def _rank_main(rank, world, port, scores, out):
         dist.destroy_process_group()
 
 
-def test_distributed_equals_single_process():
+def test_distributed_equals_single_process(free_port):
     scores = random_scores(6001, 50, 2.0, seed=10)
     scores[::2] += 0.5  # the two ranks see different score ranges
     single = self_label(scores, 25.0)
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_rank_main, args=(2, _free_port(), scores, out), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, free_port, scores, out), nprocs=2, join=True)
     labels = torch.empty(6001, dtype=torch.int64)
     for rank in range(2):
         labels[rank::2] = out[rank][0]

@@ -10,8 +10,7 @@ import nbformat
 import pytest
 
 from sela_edu import cli, course
-from sela_edu.course import site
-
+from sela_edu.course.series import runner, site
 # a 1x1 PNG: what a notebook's figure output holds, base64-encoded
 PIXEL = base64.b64encode(bytes.fromhex(
     "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c6360f8cf"
@@ -160,10 +159,10 @@ def test_run_series_writes_pages_and_index_as_it_goes(tmp_path, monkeypatch):
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(executed(f"{name[:2]} · fake", figure=True), target)
 
-    monkeypatch.setattr(course.runner, "execute_notebook", fake_execute)
+    monkeypatch.setattr(runner, "execute_notebook", fake_execute)
     indexes = []
-    real_write_index = course.runner.write_index
-    monkeypatch.setattr(course.runner, "write_index", lambda *a, **k: indexes.append(real_write_index(*a, **k)))
+    real_write_index = runner.write_index
+    monkeypatch.setattr(runner, "write_index", lambda *a, **k: indexes.append(real_write_index(*a, **k)))
     out = tmp_path / "out"
     statuses = course.run_series("smoke", out, only=["01", "07"], log=lambda _: None, progress=False)
     assert len(indexes) == 2                                       # once after each notebook

@@ -311,6 +311,31 @@ def test_resume_refuses_a_different_config(digits, tmp_path):
         train(dataclasses.replace(config, lam=20.0), digits, progress=False)
 
 
+def test_the_label_steps_old_field_names_still_work_for_a_release():
+    with pytest.warns(DeprecationWarning, match="'sinkhorn_tol' is now 'label_tol'"):
+        config = TrainConfig(sinkhorn_tol=1e-4)
+    assert config.label_tol == 1e-4 and "sinkhorn_tol" not in config.to_dict()
+    with pytest.warns(DeprecationWarning, match="'sinkhorn_max_iter' is now 'label_max_iter'"):
+        assert config_from_preset("smoke", sinkhorn_max_iter=50).label_max_iter == 50
+    with pytest.warns(DeprecationWarning, match="label_tol"):
+        assert config.sinkhorn_tol == 1e-4
+    with pytest.raises(ValueError, match="both"):
+        TrainConfig(sinkhorn_tol=1e-4, label_tol=1e-3)
+
+
+def test_a_checkpoint_stored_under_the_old_field_names_resumes(tmp_path):
+    from sela_edu.training.state import check_resumable
+
+    config = _small()
+    stored = config.to_dict()
+    stored["sinkhorn_tol"], stored["sinkhorn_max_iter"] = stored.pop("label_tol"), stored.pop("label_max_iter")
+    with pytest.warns(DeprecationWarning, match="checkpoint"):
+        check_resumable(stored, config, tmp_path / "last.pt")
+    stored["sinkhorn_tol"] = 1e-5
+    with pytest.raises(ValueError, match="label_tol"), pytest.warns(DeprecationWarning):
+        check_resumable(stored, config, tmp_path / "last.pt")
+
+
 # --------------------------------------------------------------------------------------------- methods
 
 
@@ -325,6 +350,7 @@ def test_supervised_kmeans_and_label_transfer(digits, straight_run, tmp_path):
     assert torch.equal(supervised.labels[0], digits.targets[subset])
     first = supervised.history[0]
     assert first["relabels"] == 0 and first["nmi"][0] == 1.0 and 0.2 < first["knn_accuracy"] <= 1
+    assert first["knn_k"] == 20  # the kNN while training names its k (200 by default, the final evaluation's 10)
 
     kmeans = train(_small(method="kmeans", epochs=2, nopts=2), digits, progress=False)
     assert kmeans.history[1]["relabels"] == 1
@@ -398,7 +424,7 @@ def test_bad_training_input(digits):
 
 
 def test_label_steps_report_health_and_warm_start_after_the_first(digits):
-    result = train(_small(epochs=3, nopts=3, sinkhorn_tol=1e-4), digits, progress=False)
+    result = train(_small(epochs=3, nopts=3, label_tol=1e-4), digits, progress=False)
     rows = result.label_steps()
     assert [(r["head"], r["warm"]) for r in rows] == [(0, False), (1, False), (0, True), (1, True), (0, True), (1, True)]
     for row in rows:

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from sela_edu.data import load_dataset
 from sela_edu.labelling import ScoreBuffer, self_label
 from sela_edu.training import config_from_preset, train
-from sela_edu.training import distributed as dist_utils
+from sela_edu.training import torchrun as dist_utils
 from sela_edu.training import labelstep, loop
 from sela_edu.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -233,8 +233,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_refuse_training_mode(tmp_path):
-    mp.spawn(_worker, args=(dist_utils.free_port(), str(tmp_path)), nprocs=2, join=True)
+def test_two_gloo_ranks_refuse_training_mode(tmp_path, free_port):
+    mp.spawn(_worker, args=(free_port, str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         assert "score_mode='plain'" in (tmp_path / f"rank{rank}.txt").read_text()
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from sela_edu.course.verdicts import compare, rank
+from sela_edu.course.views.verdicts import compare, rank
 
 
 def test_beats_and_does_not_beat():

@@ -1,9 +1,8 @@
 # hidden: numpy arrays of five seeds, a tie, and integer values
 import numpy as np
 
-from sela_edu.course import exercises as _exercises
-from sela_edu.course import ledger as _ledger
-
+from sela_edu.course.teaching import exercises as _exercises
+from sela_edu.course.ledger import claims as _ledger
 with _exercises.without_kit(beats_verdict, _ledger.Beats, _ledger.judge, exercise="beats_verdict"):  # the answer
     _five = beats_verdict(np.array([60.0, 61.0, 59.5, 60.5, 60.2]), np.array([55.0, 55.4, 54.8, 55.1, 55.3]))
     _tie = beats_verdict([50.0, 52.0, 54.0], [50.0, 52.0, 54.0])

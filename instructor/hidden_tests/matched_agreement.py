@@ -2,7 +2,7 @@
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from sela_edu.course import exercises as _exercises
+from sela_edu.course.teaching import exercises as _exercises
 from sela_edu.evaluation import metrics as _metrics
 
 _rng = np.random.default_rng(11)

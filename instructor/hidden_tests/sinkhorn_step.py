@@ -1,7 +1,7 @@
 # hidden: a larger, lopsided problem; one step is a row then a column rescaling, nothing else
 import numpy as np
 
-from sela_edu.course import exercises as _exercises
+from sela_edu.course.teaching import exercises as _exercises
 from sela_edu.ot import sinkhorn as _sinkhorn
 
 _rng = np.random.default_rng(2024)

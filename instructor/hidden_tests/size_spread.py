@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from sela_edu.course import exercises as _exercises
+from sela_edu.course.teaching import exercises as _exercises
 from sela_edu.evaluation import metrics as _metrics
 
 with _exercises.without_kit(size_spread, _metrics.cluster_size_spread, exercise="size_spread"):  # it is the answer

@@ -12,7 +12,7 @@ Images are read and decoded as ``label`` reads them (same files, same skipping o
 and channels as the model was trained with) and scored once, without augmentation. Then, per head:
 
 * ``mode="argmax"``: each image goes to its highest-scoring cluster (cluster sizes come out as they fall);
-* ``mode="equal"``: SeLa's label step (Sinkhorn-Knopp, :func:`sela_edu.labelling.self_label`) with
+* ``mode="equal"``: SeLa's label step (optimal transport, :func:`sela_edu.labelling.self_label`) with
   equal-sized clusters: what ``label`` writes as final labels, so on the training folder itself this
   gives back ``label``'s labels;
 * ``mode="prior"``: the label step with the cluster sizes the model was trained with (the labels stored
@@ -43,6 +43,7 @@ from torch import nn
 
 from sela_edu.apps.folder_outputs import write_contact_sheet, write_skipped
 from sela_edu.apps.label_folder import assigned_confidence, label_step_labels, load_folder_images, score_images
+from sela_edu.data.datasets import normalise_name
 
 MODES = ("argmax", "equal", "prior")
 DEFAULT_LAM = 10.0
@@ -106,7 +107,7 @@ def load_trained_clusters(model: str | os.PathLike, *, progress: bool = True) ->
     from sela_edu.apps import pretrained
 
     spec = str(model)
-    key = spec.strip().lower().replace("_", "-")
+    key = normalise_name(spec)
     if key in pretrained.RELEASED:
         pre = pretrained.load_released(key, progress=progress)
         return _from_pretrained(pre, f"released SeLa model {key}", lam=None)

@@ -57,6 +57,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sela_edu.apps.folder_outputs import write_contact_sheet, write_skipped
+from sela_edu.data.datasets import normalise_name
 from sela_edu.training import clusters_per_head
 
 
@@ -214,7 +215,7 @@ def _resolve_backbone(backbone: str, *, progress: bool):
         arch = spec.split(":", 1)[1]
         model = pretrained.torchvision_backbone(arch, progress=progress)
         return model, 224, pretrained.IMAGENET_MEAN, pretrained.IMAGENET_STD, f"torchvision {arch} (ImageNet-supervised)"
-    key = spec.strip().lower().replace("_", "-")
+    key = normalise_name(spec)
     if key in pretrained.RELEASED:
         pre = pretrained.load_released(key, progress=progress)
         return pre.model, pre.image_size, pre.mean, pre.std, f"released SeLa model {key}"

@@ -41,16 +41,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from sela_edu import paper
+
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor")
 
-#: What is known of the paper's VOC figures (see the module docstring); None where unknown.
-PAPER_VOC = {
-    "VOC07 classification mAP (paper protocol)": None,
-    "VOC07 detection mAP (leaderboards, unverified)": 59.2,
-    "VOC12 segmentation mIoU (leaderboards, unverified)": 45.7,
-}
+#: What is known of the paper's VOC figures (one home: :data:`sela_edu.paper.VOC`); None where unknown.
+PAPER_VOC = paper.VOC
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sela_edu.data.augment import BatchAugment
-from sela_edu.data.datasets import DATASET_INFO, _canonical_name
+from sela_edu.data.datasets import DATASET_INFO, canonical_name
 
 
 def default_augment(name: str, *, size: int | None = None, mean: Sequence[float] | None = None,
@@ -21,7 +21,7 @@ def default_augment(name: str, *, size: int | None = None, mean: Sequence[float]
 
     ``size``, ``mean`` and ``std`` default to the data set's own.
     """
-    key = _canonical_name(name)
+    key = canonical_name(name)
     info = DATASET_INFO[key]
     size = info["image_size"] if size is None else size
     mean = info["mean"] if mean is None else mean

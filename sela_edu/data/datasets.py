@@ -74,7 +74,7 @@ DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
 
 
-def _derive_seed(*keys: int) -> int:
+def derive_seed(*keys: int) -> int:
     """A 63-bit seed mixed from several integers (seed, epoch, rank or image), well spread by SeedSequence."""
     a, b = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
     return (int(a) << 31) ^ int(b)
@@ -85,7 +85,7 @@ def _derive_seed(*keys: int) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def _as_index_tensor(indices, n: int) -> torch.Tensor:
+def as_index_tensor(indices, n: int) -> torch.Tensor:
     """Integer positions (list, array, tensor) or a boolean mask of length ``n`` as an int64 tensor, range-checked."""
     idx = torch.as_tensor(np.asarray(indices) if not torch.is_tensor(indices) else indices)
     if idx.dtype == torch.bool:
@@ -137,7 +137,7 @@ class ImageData:
 
     def subset(self, indices) -> ImageData:
         """The images at ``indices`` (positions or a boolean mask), in that order; positions are renumbered."""
-        idx = _as_index_tensor(indices, len(self))
+        idx = as_index_tensor(indices, len(self))
         return replace(self, images=self.images[idx], targets=self.targets[idx])
 
 
@@ -172,7 +172,7 @@ class IndexedImageFiles(Dataset):
                 image = self.transform(image)
             else:
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(_derive_seed(self.seed, self.epoch, int(i)))
+                    torch.manual_seed(derive_seed(self.seed, self.epoch, int(i)))
                     image = self.transform(image)
         return image, target, i
 
@@ -198,7 +198,7 @@ class FolderData:
         return len(self.dataset)
 
     def subset(self, indices) -> FolderData:
-        idx = _as_index_tensor(indices, len(self)).tolist()
+        idx = as_index_tensor(indices, len(self)).tolist()
         samples = [self.dataset.samples[i] for i in idx]
         return replace(self, dataset=IndexedImageFiles(samples, self.dataset.transform), targets=self.targets[idx])
 
@@ -208,10 +208,18 @@ class FolderData:
 # --------------------------------------------------------------------------------------------------
 
 
-def _canonical_name(name: str) -> str:
+def normalise_name(text: str) -> str:
+    """A name as the kit writes it, whatever the user typed: trimmed, lower case, ``-`` for ``_``
+    (``" Fashion_MNIST"`` -> ``"fashion-mnist"``). Data sets, released models and backbones are looked up so."""
+    return text.strip().lower().replace("_", "-")
+
+
+def canonical_name(name: str) -> str:
+    """The :data:`DATASET_NAMES` entry ``name`` means (:func:`normalise_name`, then the aliases
+    ``fashionmnist``, ``cifar-10``, ``cifar-100``); ValueError listing the names for any other."""
     if not isinstance(name, str):
         raise ValueError(f"data set name must be a string, one of {DATASET_NAMES}; got {name!r}")
-    key = name.strip().lower().replace("_", "-")
+    key = normalise_name(name)
     key = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"}.get(key, key)
     if key not in DATASET_NAMES:
         raise ValueError(f"unknown data set {name!r}; valid names are {', '.join(DATASET_NAMES)}")
@@ -258,7 +266,7 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         FileNotFoundError: files missing; the message names them, their folder and how to get them.
         RuntimeError: a file fails its MD5 check (``verify=True``).
     """
-    key = _canonical_name(name)
+    key = canonical_name(name)
     if key == "folder":
         if root is None:
             raise ValueError("load_dataset('folder') needs root=<folder with one sub-folder per class>")
@@ -300,9 +308,7 @@ def _load_digits(split: str) -> ImageData:
 def _load_fashion_mnist(base: Path, split: str, download: bool) -> ImageData:
     from torchvision.datasets import FashionMNIST
 
-    prefix = "train" if split == "train" else "t10k"
     folder = base / "FashionMNIST" / "raw"
-    files = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
     if not download:
         # torchvision wants all four files even for one split; name every missing one.
         every = [f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from sela_edu.data.datasets import _canonical_name
+from sela_edu.data.datasets import canonical_name
 from sela_edu.settings import data_root
 
 #: Data sets torchvision can download, with the host its first mirror is on (checked before downloading).
@@ -35,7 +35,7 @@ def available(name: str, root: str | os.PathLike | None = None) -> bool:
     """Whether ``load_dataset(name, root=root)`` would find its files: a cheap look at the paths this
     module reads (it does not open them). Digits are always available; ``"folder"`` when ``root`` is
     a folder."""
-    key = _canonical_name(name)
+    key = canonical_name(name)
     if key == "folder":
         return root is not None and Path(root).expanduser().is_dir()
     base = Path(root).expanduser() if root else data_root()
@@ -50,7 +50,7 @@ def available(name: str, root: str | os.PathLike | None = None) -> bool:
 
 def how_to_get(name: str) -> str:
     """One sentence on fetching a data set by hand."""
-    key = _canonical_name(name)
+    key = canonical_name(name)
     if key == "imagenet":
         return ("ImageNet (ILSVRC-2012) cannot be downloaded automatically: get it from https://image-net.org "
                 "and arrange <data root>/imagenet/train/<class>/<images> and .../val/<class>/<images>.")
@@ -116,7 +116,7 @@ def ensure_dataset(name: str, root: str | os.PathLike | None = None, *, download
     """
     from sela_edu.settings import offline
 
-    key = _canonical_name(name)
+    key = canonical_name(name)
     base = Path(root).expanduser() if root else data_root()
     if available(key, base):
         return True

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sela_edu.data.datasets import _as_index_tensor, _derive_seed
-from sela_edu.data.loaders import Loader, _dist_rank_world
+from sela_edu.data.datasets import as_index_tensor, derive_seed
+from sela_edu.data.loaders import Loader, dist_rank_world
 
 
 @dataclass
@@ -75,7 +75,7 @@ class FeatureData:
 
     def subset(self, indices) -> FeatureData:
         """The vectors at ``indices`` (positions or a boolean mask), in that order, with the same standardisation."""
-        idx = _as_index_tensor(indices, len(self))
+        idx = as_index_tensor(indices, len(self))
         return FeatureData(self.name, self.features[idx], self.targets[idx], self.mean, self.std)
 
 
@@ -130,7 +130,7 @@ class FeatureLoader(Loader):
     def __iter__(self):
         features = self._device_features()
         order = self.indices()
-        g = torch.Generator().manual_seed(_derive_seed(self.seed, self.epoch, self.rank))
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.rank))
         for b in range(len(self)):
             index = order[b * self.batch_size:(b + 1) * self.batch_size]
             x = features[index.to(self.device)]
@@ -151,7 +151,7 @@ def feature_loader(data: FeatureData, batch_size: int, *, train: bool, shuffle: 
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if len(data) == 0:
         raise ValueError("the data set is empty")
-    rank, world_size = _dist_rank_world(None, None) if distributed else (0, 1)
+    rank, world_size = dist_rank_world(None, None) if distributed else (0, 1)
     if augment is None and train:
         augment = FeatureNoise(data.mean, data.std)
     return FeatureLoader(data, batch_size, augment=augment, train=train,

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from sela_edu.data.augment import folder_transform, plain_transform
 from sela_edu.data.augment_defaults import default_augment
-from sela_edu.data.datasets import DATASET_NAMES, FolderData, ImageData, _derive_seed
+from sela_edu.data.datasets import DATASET_NAMES, FolderData, ImageData, derive_seed
 
 
 def epoch_indices(n: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, rank: int = 0,
@@ -41,7 +41,9 @@ def epoch_indices(n: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, rank:
     return order
 
 
-def _dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+def dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """This process's (rank, world size): the ones given, else torch.distributed's; ValueError when neither
+    is there or the pair is impossible."""
     if rank is None or world_size is None:
         import torch.distributed as dist
 
@@ -114,7 +116,7 @@ class TensorLoader(Loader):
         images = self._device_images()
         targets = self.data.targets
         order = self.indices()
-        g = torch.Generator().manual_seed(_derive_seed(self.seed, self.epoch, self.rank))
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.rank))
         for b in range(len(self)):
             index = order[b * self.batch_size:(b + 1) * self.batch_size]
             x = images[index.to(self.device)]
@@ -150,7 +152,7 @@ class FolderLoader(Loader):
         from torch.utils.data.distributed import DistributedSampler
 
         # A fresh dataset per epoch carries (seed, epoch) to the workers, which are started per epoch.
-        dataset = self.data.dataset.with_transform(self.transform, seed=_derive_seed(self.seed, 1), epoch=self.epoch)
+        dataset = self.data.dataset.with_transform(self.transform, seed=derive_seed(self.seed, 1), epoch=self.epoch)
         if self.distributed:
             sampler = DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank,
                                          shuffle=self.shuffle, seed=self.seed, drop_last=False)
@@ -160,7 +162,7 @@ class FolderLoader(Loader):
         loader = DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                             drop_last=self.drop_last, pin_memory=self.device.type == "cuda",
                             # DataLoader draws its workers' base seed from this, not from the global stream
-                            generator=torch.Generator().manual_seed(_derive_seed(self.seed, self.epoch, 2)))
+                            generator=torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 2)))
         for x, target, index in loader:
             yield x.to(self.device, non_blocking=True), target.long(), index.long()
 
@@ -201,7 +203,7 @@ def make_loader(data: ImageData | FolderData, batch_size: int, *, train: bool, s
     drop_last = train if drop_last is None else bool(drop_last)
     device = torch.device(device)
     if distributed:
-        rank, world_size = _dist_rank_world(rank, world_size)
+        rank, world_size = dist_rank_world(rank, world_size)
     elif rank not in (None, 0) or world_size not in (None, 1):
         raise ValueError("rank and world_size are for distributed=True")
     else:

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from sela_edu.models import unwrap
+
 #: Output names with a meaning of their own; any other name is a submodule of the model.
 NAMED_OUTPUTS = ("heads", "features", "conv_features", "output")
 
@@ -49,11 +51,6 @@ class DatasetScores:
         if name not in self.outputs:
             raise KeyError(f"{name!r} was not scored; scored: {', '.join(self.outputs) or 'nothing'}")
         return self.outputs[name]
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The network inside a DistributedDataParallel wrapper (scoring needs no gradient synchronisation)."""
-    return model.module if isinstance(getattr(model, "module", None), nn.Module) else model
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -191,7 +188,7 @@ def score_dataset(model: nn.Module, data, *, outputs: str | Sequence[str] = ("he
     Returns:
         :class:`DatasetScores`.
     """
-    net = _unwrap(model)
+    net = unwrap(model)
     device = torch.device(device) if device is not None else _model_device(net)
     names = _check_outputs(net, outputs, train_mode)
     into = dict(into or {})

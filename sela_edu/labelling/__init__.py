@@ -14,7 +14,7 @@ argmax of row i of ``Q``. One module per job:
   hundreds to thousands) and Newton's method with the exact K x K Hessian near the optimum;
 * :mod:`.solve`: :func:`self_label` (input checks, backend, method, labels) and :class:`SelfLabelResult`;
 * :mod:`._kernels`: the numba kernels that form and read ``P`` at memory speed;
-* :mod:`.checks`, :mod:`.distributed`: input checks; the all-reduce of K-vectors between ranks;
+* :mod:`.checks`, :mod:`.allreduce`: input checks; the all-reduce of K-vectors between ranks;
 * :mod:`.reference`: :func:`reference_self_label`, the official code's algorithm in NumPy, to cross-check;
 * :mod:`.synthetic`: :func:`synthetic_scores`, benchmark scores shaped like a trained network's.
 

@@ -14,9 +14,10 @@ import torch
 
 from sela_edu.labelling import _kernels
 from sela_edu.labelling.checks import check_finite, check_lam
-from sela_edu.labelling.distributed import all_reduce, distributed_active
+from sela_edu.labelling.allreduce import all_reduce, distributed_active
 
-STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: The torch dtypes P can be stored in (``storage_dtype``).
+STORAGE_TORCH_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Rows turned into P at a time: large enough for the kernels to run at speed, small enough to stay in L3.
 _STAGE_BYTES = 8 * 2**20
 # Entries of P below e^-87 (less than 1e-38 of their row's and column's largest, so they weigh nothing) are
@@ -61,8 +62,8 @@ class ScoreBuffer:
             raise ValueError(f"need at least 2 clusters, got num_clusters={num_clusters}")
         if int(num_rows) < 1:
             raise ValueError(f"need at least one row, got num_rows={num_rows}")
-        if storage_dtype not in STORAGE_DTYPES:
-            names = ", ".join(str(d).replace("torch.", "") for d in STORAGE_DTYPES)
+        if storage_dtype not in STORAGE_TORCH_DTYPES:
+            names = ", ".join(str(d).replace("torch.", "") for d in STORAGE_TORCH_DTYPES)
             raise ValueError(f"storage_dtype must be one of {names}, got {storage_dtype}")
         self.num_rows, self.num_clusters = int(num_rows), int(num_clusters)
         self.lam = check_lam(lam)

@@ -13,7 +13,7 @@ import torch
 from sela_edu.labelling import _kernels
 from sela_edu.labelling._kernels import LOG_FLOOR
 from sela_edu.labelling.buffer import ScoreBuffer
-from sela_edu.labelling.distributed import all_reduce
+from sela_edu.labelling.allreduce import all_reduce
 
 # Rebuild P once the cluster scalings at an accepted step spread this far (in nats, largest minus smallest)
 # since it was built: entries at the floor (e^-87 of their row's largest) then still weigh less than e^-47

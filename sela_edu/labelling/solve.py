@@ -16,7 +16,7 @@ import torch
 from sela_edu.labelling import _kernels
 from sela_edu.labelling.buffer import ScoreBuffer
 from sela_edu.labelling.checks import check_init, check_lam, check_prior
-from sela_edu.labelling.distributed import all_reduce, distributed_active
+from sela_edu.labelling.allreduce import all_reduce, distributed_active
 from sela_edu.labelling.optimisers import NEWTON_BELOW, run_lbfgs, run_sinkhorn
 from sela_edu.labelling.semidual import SemiDual
 
@@ -73,53 +73,56 @@ def _pick_backend(P: torch.Tensor, backend: str) -> str:
     return backend
 
 
-def _solve_one(
-    buffer: ScoreBuffer,
-    *,
-    tol: float,
-    max_iter: int,
-    prior: torch.Tensor | None,
-    check_every: int,
-    distributed: bool,
-    backend: str,
-    method: str,
-    init: torch.Tensor | None,
-) -> SelfLabelResult:
+def _total_rows(buffer: ScoreBuffer, device: torch.device, distributed: bool) -> float:
+    """N, the rows over every rank; ValueError when there are fewer than clusters."""
+    n_total = torch.tensor([float(buffer.num_rows)], dtype=torch.float64, device=device)
+    if distributed:
+        all_reduce(n_total, torch.distributed.ReduceOp.SUM)
+    if n_total.item() < buffer.num_clusters:
+        raise ValueError(f"fewer images ({int(n_total.item())}) than clusters ({buffer.num_clusters}): "
+                         "equal-sized clusters are impossible")
+    return n_total.item()
+
+
+def _optimise(sd: SemiDual, L: torch.Tensor, method: str, *, tol: float, max_iter: int, check_every: int,
+              errors: list) -> tuple[str, tuple]:
+    """The cluster potentials by ``method`` from ``L``: the method that ran ("auto" picks L-BFGS with Newton's
+    finish up to ``NEWTON_MAX_CLUSTERS`` active clusters, L-BFGS alone beyond) and its
+    ``(L, error, converged, iterations)``."""
+    if method == "auto":
+        method = "lbfgs+newton" if int(sd.active.sum()) <= NEWTON_MAX_CLUSTERS else "lbfgs"
+    if method == "lbfgs+newton":
+        return method, run_lbfgs(sd, L, tol=tol, max_iter=max_iter, errors=errors, newton_below=NEWTON_BELOW)
+    if method == "sinkhorn":
+        return method, run_sinkhorn(sd, L, tol=tol, max_iter=max_iter, check_every=check_every, errors=errors)
+    return method, run_lbfgs(sd, L, tol=tol, max_iter=max_iter, errors=errors)
+
+
+def _solve_one(buffer: ScoreBuffer, *, tol: float, max_iter: int, prior: torch.Tensor | None, check_every: int,
+               distributed: bool, backend: str, method: str, init: torch.Tensor | None) -> SelfLabelResult:
+    """One head's label step on a filled buffer: the cluster potentials, then each row's label."""
     K = buffer.num_clusters
     prior = check_prior(prior, K)
     init = check_init(init, K)
     backend = _pick_backend(buffer.storage, backend)
     # the compiled kernels read every block in its own frame; the torch path wants one matrix
     P = buffer.finalise(distributed, fold=backend != "numba")
-    n_total = torch.tensor([float(buffer.num_rows)], dtype=torch.float64, device=P.device)
-    if distributed:
-        all_reduce(n_total, torch.distributed.ReduceOp.SUM)
-    if n_total.item() < K:
-        raise ValueError(f"fewer images ({int(n_total.item())}) than clusters ({K}): equal-sized clusters are impossible")
     vec_device = torch.device("cpu") if backend == "numba" else P.device
     # Rows are scaled to sum to 1, so cluster k must receive N * prior_k of the mass.
-    target = (n_total.item() * prior).to(vec_device)
+    target = (_total_rows(buffer, P.device, distributed) * prior).to(vec_device)
     sd = SemiDual(buffer, P, backend, vec_device, target, distributed)
     # The plan is Q_ik ∝ exp(x_ik + L_k), x = lam * scores - row max. Cold start: b = 1 on the formed P.
     L = sd.A.clone() if init is None else init.to(vec_device)
     L = torch.where(sd.active, L, torch.full_like(L, -math.inf))
     errors: list[float] = []
-    if method == "auto":
-        method = "lbfgs+newton" if int(sd.active.sum()) <= NEWTON_MAX_CLUSTERS else "lbfgs"
-    if method == "lbfgs+newton":
-        L, error, converged, iterations = run_lbfgs(sd, L, tol=tol, max_iter=max_iter, errors=errors,
-                                                     newton_below=NEWTON_BELOW)
-    elif method == "sinkhorn":
-        L, error, converged, iterations = run_sinkhorn(sd, L, tol=tol, max_iter=max_iter, check_every=check_every,
-                                                        errors=errors)
-    else:
-        L, error, converged, iterations = run_lbfgs(sd, L, tol=tol, max_iter=max_iter, errors=errors)
+    method, (L, error, converged, iterations) = _optimise(sd, L, method, tol=tol, max_iter=max_iter,
+                                                          check_every=check_every, errors=errors)
     if not converged:
         warnings.warn(
             f"the label step ({method}) stopped after max_iter={max_iter} passes with cluster-mass error "
             f"{error:.2e} > tol={tol:g}; labels are usable but not converged (raise max_iter or lower lam)",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=3,  # the caller of self_label
         )
     labels = _kernels.argmax_scaled(P, sd.E, sd.stops, sd.scalings(L), backend).to(P.device)
     sizes = torch.bincount(labels, minlength=K)
@@ -127,6 +130,45 @@ def _solve_one(
         all_reduce(sizes, torch.distributed.ReduceOp.SUM)
     return SelfLabelResult(labels, iterations, float(error), bool(converged), sizes.cpu(), L.cpu(), sd.rebuilds,
                            sd.passes, errors, method)
+
+
+def _check_options(tol, max_iter, check_every, method) -> None:
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"tol must be a positive number, got {tol!r}")
+    if int(max_iter) < 1 or int(check_every) < 1:
+        raise ValueError(f"max_iter and check_every must be at least 1, got {max_iter} and {check_every}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+
+
+def _as_buffer(scores, lam, *, distributed: bool, init, storage_dtype, keep_scores) -> ScoreBuffer:
+    """``scores`` as a filled buffer: a ScoreBuffer as it is (``lam``, when given, must be its own), a score
+    matrix streamed into a new one (checked first: its shape, and a warm start that fits it)."""
+    if isinstance(scores, ScoreBuffer):
+        if lam is not None and check_lam(lam) != scores.lam:
+            raise ValueError(f"lam={lam} was given, but the ScoreBuffer was filled with lam={scores.lam}")
+        return scores
+    scores = torch.as_tensor(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be an N x K matrix (images x clusters), got {scores.ndim} dimension(s)")
+    n, k = scores.shape
+    if k < 2:
+        raise ValueError(f"need at least 2 clusters, got {k} column(s)")
+    if not distributed and n < k:
+        raise ValueError(f"fewer images ({n}) than clusters ({k}): equal-sized clusters are impossible")
+    check_init(init, k)  # refuse a bad warm start before the work of forming P
+    buffer = ScoreBuffer(n, k, 10.0 if lam is None else lam, storage_dtype=storage_dtype or torch.float32,
+                         device=scores.device, keep_scores=keep_scores)
+    buffer.add(scores)
+    return buffer
+
+
+def _label_each_head(scores: list | tuple, lam, init, options: dict) -> list[SelfLabelResult]:
+    """:func:`self_label` on every head's scores, each warm-started from its own entry of ``init``."""
+    if init is not None and (not isinstance(init, (list, tuple)) or len(init) != len(scores)):
+        raise ValueError(f"with {len(scores)} heads, init must be a list of {len(scores)} potential vectors (or None)")
+    inits = init if init is not None else [None] * len(scores)
+    return [self_label(s, lam, init=i, **options) for s, i in zip(scores, inits)]
 
 
 def self_label(
@@ -189,43 +231,11 @@ def self_label(
         ``result.cluster_potential`` (a list of them, one per head, when ``scores`` is a list).
     """
     if isinstance(scores, (list, tuple)):
-        if init is not None and (not isinstance(init, (list, tuple)) or len(init) != len(scores)):
-            raise ValueError(f"with {len(scores)} heads, init must be a list of {len(scores)} potential vectors (or None)")
-        inits = init if init is not None else [None] * len(scores)
-        return [
-            self_label(
-                s, lam, tol=tol, max_iter=max_iter, prior=prior, check_every=check_every,
-                storage_dtype=storage_dtype, distributed=distributed, backend=backend, keep_scores=keep_scores,
-                method=method, init=i,
-            )
-            for s, i in zip(scores, inits)
-        ]
-    if not (isinstance(tol, (int, float)) and tol > 0):
-        raise ValueError(f"tol must be a positive number, got {tol!r}")
-    if int(max_iter) < 1 or int(check_every) < 1:
-        raise ValueError(f"max_iter and check_every must be at least 1, got {max_iter} and {check_every}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+        return _label_each_head(scores, lam, init, dict(
+            tol=tol, max_iter=max_iter, prior=prior, check_every=check_every, storage_dtype=storage_dtype,
+            distributed=distributed, backend=backend, keep_scores=keep_scores, method=method))
+    _check_options(tol, max_iter, check_every, method)
     dist = distributed_active(distributed)
-    if isinstance(scores, ScoreBuffer):
-        if lam is not None and check_lam(lam) != scores.lam:
-            raise ValueError(f"lam={lam} was given, but the ScoreBuffer was filled with lam={scores.lam}")
-        buffer = scores
-    else:
-        scores = torch.as_tensor(scores)
-        if scores.ndim != 2:
-            raise ValueError(f"scores must be an N x K matrix (images x clusters), got {scores.ndim} dimension(s)")
-        lam = 10.0 if lam is None else lam
-        n, k = scores.shape
-        if k < 2:
-            raise ValueError(f"need at least 2 clusters, got {k} column(s)")
-        if not dist and n < k:
-            raise ValueError(f"fewer images ({n}) than clusters ({k}): equal-sized clusters are impossible")
-        check_init(init, k)  # refuse a bad warm start before the work of forming P
-        buffer = ScoreBuffer(n, k, lam, storage_dtype=storage_dtype or torch.float32, device=scores.device,
-                             keep_scores=keep_scores)
-        buffer.add(scores)
-    return _solve_one(
-        buffer, tol=float(tol), max_iter=int(max_iter), prior=prior, check_every=int(check_every),
-        distributed=dist, backend=backend, method=method, init=init,
-    )
+    buffer = _as_buffer(scores, lam, distributed=dist, init=init, storage_dtype=storage_dtype, keep_scores=keep_scores)
+    return _solve_one(buffer, tol=float(tol), max_iter=int(max_iter), prior=prior, check_every=int(check_every),
+                      distributed=dist, backend=backend, method=method, init=init)

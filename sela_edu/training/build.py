@@ -1,21 +1,20 @@
 """What a run is made of, built once from its config: the network, the data (subset, fixed labels for
-a supervised run), optimiser and learning-rate schedule, the loaders, and the loop's starting state."""
+a supervised run), optimiser and learning-rate schedule, the loaders, and the loop's starting state
+(the two records, :class:`~sela_edu.training.state.RunSetup` and ``LoopState``, are defined in ``state``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from sela_edu.settings import pick_device, seed_everything
-from sela_edu.training import distributed as dist_utils
+from sela_edu.training import torchrun as dist_utils
 from sela_edu.training.config import TrainConfig
-from sela_edu.training.loaders import plain_loader, run_loader, training_augment
+from sela_edu.training.run_loaders import plain_loader, run_loader, training_augment
 from sela_edu.training.schedule import initial_labels, relabel_schedule, subset_indices
-from sela_edu.training.state import LoopState
+from sela_edu.training.state import LoopState, RunSetup
 
 
 def resolve_arch(arch: str, image_size: int) -> str:
@@ -53,31 +52,6 @@ def build_for_config(config: TrainConfig, data, num_clusters: list[int] | None =
 def random_init_model(config: TrainConfig, data) -> nn.Module:
     """The untrained network (the "random init" baseline of the paper's tables), in eval mode."""
     return build_for_config(config, data).eval()
-
-
-@dataclass
-class RunSetup:
-    """What a run is made of (fixed once built): data, model, optimiser, loaders, where it runs."""
-
-    config: TrainConfig
-    data: Any
-    ks: list[int]
-    targets: Any
-    subset: torch.Tensor | None
-    device: torch.device
-    use_amp: bool
-    rank: int
-    world: int
-    model: nn.Module
-    net: nn.Module  # the model, wrapped in DDP in a distributed run
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    scaler: Any
-    loader: Any  # augmented, shuffled training batches
-    score_loader: Any  # what the label step scores (plain, or augmented in train mode)
-    steps_per_epoch: int
-    ckpt_dir: Path | None
-    show: bool
 
 
 def fixed_labels(config: TrainConfig, data, labels) -> torch.Tensor | None:

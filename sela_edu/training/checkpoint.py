@@ -1,8 +1,7 @@
 """Whole-or-nothing checkpoints.
 
-A checkpoint is written to a temporary file in the destination folder, flushed to disk, then moved over
-the destination with :func:`os.replace`, which is atomic on POSIX and Windows: a reader sees either the
-old file or the new one, never half of one. :func:`save_rotating` keeps the previous checkpoint as
+A checkpoint is written whole or not at all (:mod:`sela_edu.files`): a reader sees either the old file or
+the new one, never half of one. :func:`save_rotating` keeps the previous checkpoint as
 ``prev.pt`` next to ``last.pt``, so a ``last.pt`` damaged by something outside our control (a full disk
 on another machine, a truncated copy) still leaves one good checkpoint to resume from.
 
@@ -13,11 +12,12 @@ so :func:`load_checkpoint` reads them with ``weights_only=True`` (no arbitrary c
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from sela_edu.files import fsync_dir, writing_whole
 
 #: Marker stored in every checkpoint so that any other ``.pt`` file is recognised as foreign.
 FORMAT = "sela-edu-checkpoint"
@@ -31,44 +31,11 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, then ``os.replace``.
-
-    The temp file lives in the destination folder because a rename is only atomic within one file
-    system. On any failure the temp file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": FORMAT_VERSION, "state": state}
-    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        # Also on KeyboardInterrupt: never leave a stray temp file next to the checkpoints.
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Write ``state`` to ``path`` whole or not at all (:func:`sela_edu.files.writing_whole`): on any failure
+    ``path`` is left as it was."""
+    with writing_whole(path) as tmp:
+        torch.save({"format": FORMAT, "version": FORMAT_VERSION, "state": state}, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
@@ -119,7 +86,7 @@ def save_rotating(folder: str | os.PathLike, state: dict[str, Any]) -> Path:
     if last.exists():
         os.replace(last, folder / PREV)
     os.replace(staged, last)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return last
 
 

@@ -1,63 +1,88 @@
-"""Every setting of a training run (:class:`TrainConfig`), the names it accepts, and the kit's one rule
-for "K per head" (:func:`clusters_per_head`), which the trainer, the CLI and label-a-folder share."""
+"""Every setting of a training run (:class:`TrainConfig`), the names it accepts (and the old names it
+still takes, :data:`RENAMED_FIELDS`); the kit's one rule for "K per head" is :func:`clusters_per_head`
+(home :mod:`sela_edu.models`, re-exported here for the trainer, the CLI and label-a-folder)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
+
+from sela_edu.labelling.buffer import STORAGE_TORCH_DTYPES
+from sela_edu.models import ARCHS, check_head_temperature, clusters_per_head
 
 METHODS = ("sela", "kmeans", "supervised")
 SCHEDULES = ("even", "quadratic")
 SCORE_MODES = ("plain", "augmented", "training")
 RELABEL_HEADS = ("all", "round-robin")
-STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: ``storage_dtype``'s names for the dtypes the label step's buffers store P in ("float32" -> torch.float32).
+STORAGE_DTYPE_BY_NAME = {str(dtype).removeprefix("torch."): dtype for dtype in STORAGE_TORCH_DTYPES}
 #: Config fields that may change between a run and its resumption: they do not change what is trained
 #: (where it runs, how it is watched), so a checkpoint written under other values resumes exactly.
 RESUMABLE_CHANGES = ("epochs", "checkpoint_dir", "device", "num_workers", "eval_every", "knn_k", "knn_pca",
                      "channels_last")
 AMP_DTYPES = ("float16", "bfloat16")
+#: Old field name -> new. The label step's options were named after Sinkhorn-Knopp, which it runs only with
+#: ``method="sinkhorn"`` (by default L-BFGS, then Newton): the old names are accepted, with a
+#: DeprecationWarning, for one more release, in keywords and in stored configs (checkpoints).
+RENAMED_FIELDS = {"sinkhorn_tol": "label_tol", "sinkhorn_max_iter": "label_max_iter"}
 
 
-def clusters_per_head(clusters, heads: int | None = None) -> list[int]:
-    """K of every head, as a list: the one rule for "K per head" (config, CLI, label a folder).
-
-    ``clusters`` is one K for every head (an int, a one-element list, or ``"10"``) or one K per head (a
-    list, or a comma-separated string ``"10,20,50"``). ``heads`` is the number of heads; None: one per K
-    given. Raises ValueError naming the problem: a count that matches neither rule, a K below 2, a word.
-    """
-    if heads is not None and (isinstance(heads, bool) or not isinstance(heads, (int, np.integer)) or heads < 1):
-        raise ValueError(f"num_heads must be a positive integer, got {heads!r}")
-    if isinstance(clusters, str):
-        ks = _parse_cluster_text(clusters)
-    elif isinstance(clusters, (int, np.integer)) and not isinstance(clusters, bool):
-        ks = [clusters]
-    elif isinstance(clusters, Sequence):
-        ks = list(clusters)
-    else:
-        raise ValueError(f"num_clusters must be an int or a list of ints, got {clusters!r}")
-    for k in ks:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
-            raise ValueError(f"every number of clusters must be an integer >= 2, got {clusters!r}")
-    if heads is not None and len(ks) == 1:
-        ks = ks * int(heads)
-    if not ks or (heads is not None and len(ks) != heads):
-        raise ValueError(f"num_clusters lists {len(ks)} values ({clusters!r}) but num_heads is {heads}: "
-                         "give one K for every head, or one K per head")
-    return [int(k) for k in ks]
+def upgrade_field_names(fields: Mapping[str, Any], source: str, stacklevel: int = 2) -> dict[str, Any]:
+    """``fields`` (config fields by name: keywords, or a stored ``config.to_dict()``) with the old names of
+    :data:`RENAMED_FIELDS` replaced by the new ones, a DeprecationWarning naming ``source`` for each.
+    Raises ValueError when a field is given under both names."""
+    out = dict(fields)
+    for old, new in RENAMED_FIELDS.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ValueError(f"{source} gives both {old!r} and its new name {new!r}: keep only {new!r}")
+        warnings.warn(f"{source}: the config field {old!r} is now {new!r} (the label step runs Sinkhorn-Knopp "
+                      f"only with method='sinkhorn'); the old name will stop working in the next release",
+                      DeprecationWarning, stacklevel=stacklevel + 1)
+        out[new] = out.pop(old)
+    return out
 
 
-def _parse_cluster_text(text: str) -> list:
-    """"10,20,50" -> [10, 20, 50]; a word that is not a whole number stays as it is, for the error."""
-    words = [w for w in text.replace(" ", "").split(",") if w]
-    return [int(w) if w.isdigit() else w for w in words]
+def _accepts_old_field_names(cls):
+    """The dataclass ``cls`` whose ``__init__`` also takes the old names of :data:`RENAMED_FIELDS`, and
+    whose instances answer to them as attributes, each time with a DeprecationWarning."""
+    fields_init = cls.__init__
+
+    @functools.wraps(fields_init)
+    def __init__(self, *args, **fields):
+        fields_init(self, *args, **upgrade_field_names(fields, cls.__name__, stacklevel=2))
+
+    cls.__init__ = __init__
+    for old, new in RENAMED_FIELDS.items():
+        setattr(cls, old, _renamed_attribute(f"{cls.__name__}.{old}", new))
+    return cls
 
 
+def _renamed_attribute(old: str, new: str) -> property:
+    """An attribute under its old name that reads and writes the field ``new``, with a DeprecationWarning."""
+    def warn() -> None:
+        warnings.warn(f"{old} is now {new}", DeprecationWarning, stacklevel=3)
+
+    def get(config):
+        warn()
+        return getattr(config, new)
+
+    def set_(config, value) -> None:
+        warn()
+        setattr(config, new, value)
+
+    return property(get, set_)
+
+
+@_accepts_old_field_names
 @dataclass
 class TrainConfig:
     """Every setting of a training run. Build one with :func:`config_from_preset` and override fields.
@@ -66,7 +91,8 @@ class TrainConfig:
         dataset: data set name for :func:`sela_edu.data.load_dataset` (used when ``train`` gets no data).
         arch: one of ``sela_edu.models.ARCHS``, or ``"auto"``: alexnet32 for images up to 64 px, else alexnet.
         num_heads, num_clusters: heads, and K for every head (an int) or per head (a list).
-        lam: Sinkhorn's lambda (inverse entropic regularisation; the paper uses 10 on CIFAR, 25 on ImageNet).
+        lam: the label step's lambda (inverse entropic regularisation; the paper uses 10 on CIFAR, 25 on
+            ImageNet).
         epochs, nopts, nopt_schedule: training length; number of label optimisations and their spacing
             ("even" or "quadratic": dense early, sparse late, see :func:`relabel_schedule`).
         batch_size, lr, momentum, weight_decay, lr_milestones, lr_gamma: SGD, with the learning rate
@@ -75,7 +101,9 @@ class TrainConfig:
             per process.
         method: "sela", "kmeans" or "supervised".
         storage_dtype: dtype of the score buffers the solver reads ("float32", "float16" or "bfloat16").
-        sinkhorn_tol, sinkhorn_max_iter: the solver's stopping rule.
+        label_tol, label_max_iter: the label step's stopping rule (``tol`` and ``max_iter`` of
+            :func:`~sela_edu.labelling.self_label`): every cluster's mass within ``label_tol`` of its target,
+            or at most ``label_max_iter`` passes over P. Formerly ``sinkhorn_tol``, ``sinkhorn_max_iter``.
         device: "auto" (GPU when there is one), "cpu", "cuda", "cuda:1", ...
         amp: mixed precision on CUDA (ignored elsewhere): autocast in ``amp_dtype``, with a GradScaler for
             float16 (bfloat16 has float32's range and needs none).
@@ -88,8 +116,10 @@ class TrainConfig:
         num_workers: DataLoader workers for image folders (in-memory sets need none).
         max_images: train on a seeded random subset of this many images (None: all).
         score_batch_size: batch size of the scoring passes (None: twice ``batch_size``).
-        knn_k, knn_pca: neighbours for the kNN evaluation, and the PCA dimension of the features before it
-            (None: none; the official CIFAR code uses k = 10 after PCA to 128).
+        knn_k, knn_pca: neighbours of the kNN the loop measures while it trains (``eval_every``; recorded
+            beside it as ``knn_k``), and the PCA dimension of the features before it (None: none). The
+            default k = 200 is Wu et al.'s (2018) kNN; the final evaluation
+            (:func:`~sela_edu.evaluation.evaluate`) and the official CIFAR code use k = 10 (after PCA to 128).
         image_size: train and label at this size (None: the data's own). The official CIFAR code upsamples
             32 px images as torchvision's Resize(256) + RandomResizedCrop(224) for training and Resize(256)
             + CenterCrop(224) for labels and features; ``image_size=224`` does the same.
@@ -136,8 +166,8 @@ class TrainConfig:
     lr_schedule: str = "step"
     method: str = "sela"
     storage_dtype: str = "float32"
-    sinkhorn_tol: float = 1e-3
-    sinkhorn_max_iter: int = 1000
+    label_tol: float = 1e-3
+    label_max_iter: int = 1000
     device: str = "auto"
     amp: bool = True
     amp_dtype: str = "float16"
@@ -173,7 +203,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
-        for name in ("num_heads", "epochs", "batch_size", "sinkhorn_max_iter", "knn_k"):
+        for name in ("num_heads", "epochs", "batch_size", "label_max_iter", "knn_k"):
             positive_int(name)
         for name in ("nopts", "seed", "eval_every", "num_workers"):
             positive_int(name, 0)
@@ -198,14 +228,12 @@ class TrainConfig:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose 'step' or 'cosine'")
         if self.nopt_schedule not in SCHEDULES:
             raise ValueError(f"unknown nopt_schedule {self.nopt_schedule!r}; choose one of {SCHEDULES}")
-        if self.storage_dtype not in STORAGE_DTYPES:
-            raise ValueError(f"unknown storage_dtype {self.storage_dtype!r}; choose one of {tuple(STORAGE_DTYPES)}")
-        from sela_edu.models import ARCHS, check_head_temperature
-
+        if self.storage_dtype not in STORAGE_DTYPE_BY_NAME:
+            raise ValueError(f"unknown storage_dtype {self.storage_dtype!r}; choose one of {tuple(STORAGE_DTYPE_BY_NAME)}")
         check_head_temperature(self.head_temperature)
         if self.arch != "auto" and self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose 'auto' or one of {ARCHS}")
-        for name in ("lam", "lr", "sinkhorn_tol", "lr_gamma"):
+        for name in ("lam", "lr", "label_tol", "lr_gamma"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
@@ -230,6 +258,5 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-
 __all__ = ["TrainConfig", "clusters_per_head", "AMP_DTYPES", "METHODS", "SCHEDULES", "SCORE_MODES", "RELABEL_HEADS",
-           "STORAGE_DTYPES", "RESUMABLE_CHANGES"]
+           "STORAGE_DTYPE_BY_NAME", "RESUMABLE_CHANGES", "RENAMED_FIELDS", "upgrade_field_names"]

@@ -1,23 +1,22 @@
-"""The loop's label step: SeLa's Sinkhorn-Knopp on every head (or one head in turn), or k-means
-pseudo-labels for the DeepCluster baseline; how much the labels changed; the progress bar's health line."""
+"""The loop's label step: SeLa's optimal-transport labels (:func:`~sela_edu.labelling.self_label`) on every
+head (or one head in turn), or k-means pseudo-labels for the DeepCluster baseline; how much the labels
+changed; the progress bar's health line."""
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from sela_edu.training import distributed as dist_utils
+from sela_edu.models import init_head, unwrap
+from sela_edu.training import torchrun as dist_utils
 from sela_edu.training.baselines import kmeans_labels
 from sela_edu.training.config import TrainConfig
-from sela_edu.training.runtime import sync, unwrap
-from sela_edu.training.scoring import compute_features, relabel, relabel_from_kept
-
-if TYPE_CHECKING:
-    from sela_edu.training.build import RunSetup
-    from sela_edu.training.state import LoopState
+from sela_edu.training.runtime import sync
+from sela_edu.training.relabelling import compute_features, relabel, relabel_from_kept
+from sela_edu.training.state import LoopState, RunSetup, has_kept_scores, keeps_head_outputs
 
 
 def kmeans_relabel(model: nn.Module, data, num_clusters: list[int], *, seed: int = 0, batch_size: int = 512,
@@ -59,7 +58,7 @@ def heads_to_solve(config: TrainConfig, relabel_count: int, num_heads: int) -> l
 
 
 def label_step(s: RunSetup, loop: LoopState) -> tuple[dict, list[dict], dict | None]:
-    """One label optimisation (SeLa's Sinkhorn-Knopp, or k-means for the baseline) into ``loop.labels``.
+    """One label optimisation (SeLa's, or k-means for the baseline) into ``loop.labels``.
 
     Returns its timings, one health row per solved head (SeLa only) and, after the first optimisation,
     how much the labels changed.
@@ -75,8 +74,8 @@ def label_step(s: RunSetup, loop: LoopState) -> tuple[dict, list[dict], dict | N
         heads = heads_to_solve(config, loop.relabel_count, len(s.ks))
         init = [loop.potentials[h] if config.warm_start else None for h in heads]
         if keeps_head_outputs(config) and has_kept_scores(loop, len(s.ks)):
-            results = relabel_from_kept([loop.score_buffers[h] for h in heads], tol=config.sinkhorn_tol,
-                                        max_iter=config.sinkhorn_max_iter, init=init, timings=part)
+            results = relabel_from_kept([loop.score_buffers[h] for h in heads], tol=config.label_tol,
+                                        max_iter=config.label_max_iter, init=init, timings=part)
         else:
             results = scoring_pass(s, loop, heads, init, part)
         new = previous.clone()
@@ -120,22 +119,6 @@ def matched_ids(previous: torch.Tensor, new: torch.Tensor, ks: list[int]) -> tor
     return out
 
 
-def keeps_head_outputs(config: TrainConfig) -> bool:
-    """Whether the training pass keeps its head outputs for the label step (score mode "training")."""
-    return config.score_mode == "training" and config.method == "sela"
-
-
-def has_kept_scores(loop: LoopState, num_heads: int) -> bool:
-    """Whether every head's buffer holds a kept score row for every image (score mode "training").
-
-    Buffers enter ``loop.score_buffers`` in that mode only full: from the first optimisation's scoring
-    pass over every image (every head's, whichever heads it solves) or from a checkpoint. After that the
-    training pass only rewrites rows, so no row is ever left unscored: images that an epoch's last
-    partial batch leaves out keep their older row.
-    """
-    return all(h in loop.score_buffers and loop.score_buffers[h].log_scores is not None for h in range(num_heads))
-
-
 def scoring_pass(s: RunSetup, loop: LoopState, heads: list[int], init: list, part: dict) -> list:
     """SeLa's step 1 with a pass over the whole training set: every optimisation in score modes "plain"
     and "augmented", the first one in "training" (before any training batch, nothing is kept: solving on
@@ -146,7 +129,7 @@ def scoring_pass(s: RunSetup, loop: LoopState, heads: list[int], init: list, par
     # the CPU reuses P's memory from one optimisation to the next; "training" keeps the buffers anywhere
     keep_buffers = s.device.type == "cpu" or training
     return relabel(s.model, s.data, lam=config.lam, device=s.device, storage_dtype=config.storage_dtype,
-                   tol=config.sinkhorn_tol, max_iter=config.sinkhorn_max_iter, amp=getattr(torch, config.amp_dtype) if s.use_amp else False,
+                   tol=config.label_tol, max_iter=config.label_max_iter, amp=getattr(torch, config.amp_dtype) if s.use_amp else False,
                    loader=s.score_loader, timings=part, heads=heads, init=init,
                    train_mode=config.score_mode == "augmented", buffers=loop.score_buffers if keep_buffers else None,
                    score_heads=list(range(len(s.ks))) if training else None, keep_scores=True if training else None)
@@ -176,12 +159,11 @@ def reinit_heads(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     net = unwrap(model)
     with torch.no_grad():
         for head in net.heads:
-            nn.init.normal_(head.weight, 0.0, 0.01)
-            nn.init.zeros_(head.bias)
+            init_head(head)
             for p in head.parameters():
                 optimizer.state.pop(p, None)
                 p.copy_(dist_utils.broadcast_tensor(p.detach().clone()))
 
 
-__all__ = ['kmeans_relabel', 'heads_to_solve', 'label_step', 'keeps_head_outputs', 'has_kept_scores', 'scoring_pass',
-           'keep_head_outputs', 'label_changes', 'health_text', 'reinit_heads', 'matched_ids']
+__all__ = ['kmeans_relabel', 'heads_to_solve', 'label_step', 'scoring_pass', 'keep_head_outputs', 'label_changes',
+           'health_text', 'reinit_heads', 'matched_ids']

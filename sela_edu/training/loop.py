@@ -5,8 +5,9 @@ Training alternates two steps, as in the paper and the official code:
 
 1. **Label optimisation.** At ``nopts`` moments spread over training (:func:`relabel_schedule`), the
    network scores the whole data set without augmentation; the scores are streamed batch by batch
-   into one :class:`~sela_edu.labelling.ScoreBuffer` per head, and Sinkhorn-Knopp
-   (:func:`~sela_edu.labelling.self_label`) turns them into equipartitioned labels for every head.
+   into one :class:`~sela_edu.labelling.ScoreBuffer` per head, and the label step
+   (:func:`~sela_edu.labelling.self_label`: the optimal transport problem solved by L-BFGS, then Newton's
+   method, by default) turns them into equipartitioned labels for every head.
    With ``score_mode="training"`` only the first optimisation scores the data set: the training pass
    keeps every image's latest head outputs in those buffers, and later label steps solve on them.
 2. **Representation learning.** Between optimisations, SGD on the mean over heads of the
@@ -56,14 +57,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from sela_edu.training import checkpoint as ckpt
-from sela_edu.training import distributed as dist_utils
-from sela_edu.training.build import RunSetup, build_run
+from sela_edu.training import torchrun as dist_utils
+from sela_edu.training.build import build_run
 from sela_edu.training.config import TrainConfig
-from sela_edu.training.labelstep import (has_kept_scores, health_text, keep_head_outputs, keeps_head_outputs,
-                                         label_step)
+from sela_edu.training.labelstep import health_text, keep_head_outputs, label_step
 from sela_edu.training.monitor import knn_during_training
 from sela_edu.training.runtime import progress_bar, sync
-from sela_edu.training.state import LoopState, restore, save_state
+from sela_edu.training.state import LoopState, RunSetup, has_kept_scores, keeps_head_outputs, restore, save_state
 
 
 class StopTraining(Exception):
@@ -120,7 +120,8 @@ def train(config: TrainConfig, data=None, *, eval_data=None, callback: Callable[
     last optimisation), label_nmi_previous (NMI between the labels before and after it),
     cluster_size_spread (std of cluster size / (N/K)), nmi (against the true targets); then seconds,
     train_seconds, relabel_seconds (split into score_seconds and solve_seconds), checkpoint_seconds,
-    images_per_second, knn_accuracy on evaluation epochs, and ``label_steps``: one row per head solved
+    images_per_second, knn_accuracy and knn_k on evaluation epochs (the weighted kNN with ``config.knn_k``
+    neighbours, 200 by default; the final evaluation's k is 10), and ``label_steps``: one row per head solved
     in the epoch (epoch, step, head, warm, passes, converged, error, seconds) — the solver's health.
     """
     if not isinstance(config, TrainConfig):

@@ -8,15 +8,16 @@ import copy
 import dataclasses
 from typing import Any
 
-from sela_edu.training.config import TrainConfig, clusters_per_head
+from sela_edu.training.config import TrainConfig, clusters_per_head, upgrade_field_names
 
-# Minutes on a laptop CPU (benchmarks/recipe_search.py, benchmarks/fashion_study.py; figures in the README):
-# Fashion-MNIST, the small CNN (all-stride-2 convs, flattened 4 x 4 map, 256-d feature), one head of
-# 10 clusters and three over-clustering heads (they shape the features), lambda 10, cosine learning
-# rate, 20 epochs and 40 label optimisations spaced quadratically: 9 in the first epoch, when the
-# labels of a young network change fast, then sparser (the recipe search found dense early
-# relabelling to be what lifts NMI; 16 epochs lifted NMI from 0.572 to 0.595 over 10, within the
-# 15-minute budget). Every label step is solved to tol, warm-started.
+# The kit's own recipe for a laptop CPU (benchmarks/recipe_search.py found it; benchmarks/fashion_study.py
+# measures it, figures in the README): Fashion-MNIST, the small CNN (all-stride-2 convs, flattened 4 x 4
+# map, 256-d feature), one head of 10 clusters and three over-clustering heads (they shape the features),
+# lambda 10, cosine learning rate, 20 epochs and 40 label optimisations spaced quadratically: 9 in the
+# first epoch, when the labels of a young network change fast, then sparser. The recipe search found dense
+# early relabelling to be what lifts NMI, and training longer than 10 epochs to lift every figure a little
+# (docs/results.md); 20 epochs is as long as fits the 15-minute budget on a 2-core CPU (11-14 minutes
+# there). Every label step is solved to tol, warm-started.
 _CLASSROOM: dict[str, Any] = dict(
     dataset="fashion-mnist", arch="smallcnn", num_heads=4, num_clusters=[10, 20, 50, 100], lam=10.0, epochs=20,
     nopts=40, nopt_schedule="quadratic", batch_size=256, lr=0.05, momentum=0.9, weight_decay=5e-4,
@@ -92,8 +93,11 @@ SUMMARIES: dict[str, str] = {
 def config_from_preset(name: str, **overrides) -> TrainConfig:
     """A :class:`TrainConfig` from the preset ``name`` with ``overrides`` applied.
 
-    Raises ValueError for an unknown preset or field (listing the valid ones) and for bad values.
+    Raises ValueError for an unknown preset or field (listing the valid ones) and for bad values. The old
+    names of renamed fields (:data:`~sela_edu.training.config.RENAMED_FIELDS`) still work, with a
+    DeprecationWarning.
     """
+    overrides = upgrade_field_names(overrides, "config_from_preset", stacklevel=2)
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {tuple(PRESETS)}")
     fields = [f.name for f in dataclasses.fields(TrainConfig)]

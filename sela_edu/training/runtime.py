@@ -1,14 +1,9 @@
-"""Where a run executes: the model inside DistributedDataParallel, waiting for the GPU, progress bars."""
+"""Where a run executes: waiting for the GPU (the one device synchronisation of the kit), progress bars.
+(The model out of its DistributedDataParallel wrapper: :func:`sela_edu.models.unwrap`.)"""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model itself, out of its DistributedDataParallel wrapper when it has one."""
-    return model.module if hasattr(model, "module") else model
 
 
 def sync(device: torch.device) -> None:
@@ -26,4 +21,4 @@ def progress_bar(iterable, enabled: bool, desc: str, **kw):
     return tqdm(iterable, desc=desc, leave=False, **kw)
 
 
-__all__ = ['unwrap', 'sync', 'progress_bar']
+__all__ = ['sync', 'progress_bar']

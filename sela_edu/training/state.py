@@ -1,5 +1,8 @@
-"""The loop's state between steps, and how it survives an interruption: RNG states, the checkpoint a run
-writes after every epoch, and the checks and restore that continue a run bit for bit."""
+"""A run's two records, what it is made of (:class:`RunSetup`, fixed once built) and the loop's state between
+steps (:class:`LoopState`, with the head outputs score mode "training" keeps), and how that state survives
+an interruption: RNG states, the checkpoint a run writes after every epoch, and the checks and restore that
+continue a run bit for bit. (Both records live here, below the modules that build, step and loop them, so
+that the training modules import one another in one direction only.)"""
 
 from __future__ import annotations
 
@@ -8,17 +11,40 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from sela_edu.training import checkpoint as ckpt
-from sela_edu.training import distributed as dist_utils
-from sela_edu.training.config import RESUMABLE_CHANGES, STORAGE_DTYPES, TrainConfig
+from sela_edu.training import torchrun as dist_utils
+from sela_edu.training.config import RESUMABLE_CHANGES, STORAGE_DTYPE_BY_NAME, TrainConfig, upgrade_field_names
 
-if TYPE_CHECKING:
-    from sela_edu.training.build import RunSetup
+
+@dataclass
+class RunSetup:
+    """What a run is made of (fixed once built): data, model, optimiser, loaders, where it runs."""
+
+    config: TrainConfig
+    data: Any
+    ks: list[int]
+    targets: Any
+    subset: torch.Tensor | None
+    device: torch.device
+    use_amp: bool
+    rank: int
+    world: int
+    model: nn.Module
+    net: nn.Module  # the model, wrapped in DDP in a distributed run
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    loader: Any  # augmented, shuffled training batches
+    score_loader: Any  # what the label step scores (plain, or augmented in train mode)
+    steps_per_epoch: int
+    ckpt_dir: Path | None
+    show: bool
 
 
 @dataclass
@@ -38,6 +64,22 @@ class LoopState:
     # head -> ScoreBuffer: reused on the CPU (not saved); in score mode "training" the kept head outputs
     # the label step solves on (saved: see kept_scores_state)
     score_buffers: dict = field(default_factory=dict)
+
+
+def keeps_head_outputs(config: TrainConfig) -> bool:
+    """Whether the training pass keeps its head outputs for the label step (score mode "training")."""
+    return config.score_mode == "training" and config.method == "sela"
+
+
+def has_kept_scores(loop: LoopState, num_heads: int) -> bool:
+    """Whether every head's buffer holds a kept score row for every image (score mode "training").
+
+    Buffers enter ``loop.score_buffers`` in that mode only full: from the first optimisation's scoring
+    pass over every image (every head's, whichever heads it solves) or from a checkpoint. After that the
+    training pass only rewrites rows, so no row is ever left unscored: images that an epoch's last
+    partial batch leaves out keep their older row.
+    """
+    return all(h in loop.score_buffers and loop.score_buffers[h].log_scores is not None for h in range(num_heads))
 
 
 def rng_state(loader) -> dict[str, Any]:
@@ -70,6 +112,9 @@ def set_rng_state(state: dict[str, Any], loader) -> None:
 
 
 def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """Refuse to resume from a checkpoint written under another config (but for ``RESUMABLE_CHANGES``),
+    naming the fields that differ. A config stored under old field names is read under the new ones."""
+    saved = upgrade_field_names(saved, f"checkpoint {path}", stacklevel=4)  # at the train() call
     current = config.to_dict()
     differing = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
     if differing:
@@ -118,8 +163,6 @@ def kept_scores_state(s: RunSetup, loop: LoopState) -> list[torch.Tensor] | None
     from earlier epochs, some from the first optimisation's pass), and a resumed run that rescored them
     would solve on other numbers than the uninterrupted run.
     """
-    from sela_edu.training.labelstep import has_kept_scores, keeps_head_outputs
-
     if not (keeps_head_outputs(s.config) and has_kept_scores(loop, len(s.ks))):
         return None
     return [loop.score_buffers[h].log_scores.cpu() for h in range(len(s.ks))]
@@ -133,7 +176,7 @@ def restore_kept_scores(s: RunSetup, loop: LoopState, saved: list[torch.Tensor] 
     loop.score_buffers = {}
     if saved is None:
         return
-    dtype = STORAGE_DTYPES[s.config.storage_dtype]
+    dtype = STORAGE_DTYPE_BY_NAME[s.config.storage_dtype]
     for h, (k, scores) in enumerate(zip(s.ks, saved)):
         if tuple(scores.shape) != (len(s.data), k):
             raise ValueError(f"the checkpoint's kept scores of head {h} are {tuple(scores.shape)}, "
@@ -160,5 +203,5 @@ def save_state(s: RunSetup, loop: LoopState) -> float:
     return time.perf_counter() - t0
 
 
-__all__ = ['LoopState', 'rng_state', 'set_rng_state', 'check_resumable', 'restore', 'save_state', 'kept_scores_state',
-           'restore_kept_scores']
+__all__ = ['RunSetup', 'LoopState', 'keeps_head_outputs', 'has_kept_scores', 'rng_state', 'set_rng_state',
+           'check_resumable', 'restore', 'save_state', 'kept_scores_state', 'restore_kept_scores']

@@ -113,6 +113,8 @@ def read_torch_file(path: str | os.PathLike, *, trust: bool = False) -> Any:
         raise PretrainedError(f"{path} is empty: an interrupted download? Delete it and download again")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
+    except OSError:  # a disk or permission failure says nothing about the file's content: not "corrupt"
+        raise
     except Exception as exc:  # RuntimeError, EOFError, UnpicklingError... depending on the damage
         text = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):

@@ -69,19 +69,16 @@ def load_checkpoint_file(path: str | os.PathLike, *, layout: str = "auto", trust
     ``state_dict`` and ``labels``/``L``), the kit's training checkpoints (``last.pt``: architecture,
     image size and channels from its config) and kit models saved by ``sela-edu label``
     (``{"build_kwargs", "state_dict"}``). A bare kit state dict (``sela-edu train``'s ``model.pt``) needs
-    ``arch``, ``image_size`` and ``in_channels``.
+    ``arch``, ``image_size`` and ``in_channels``. The file is read once; a kit checkpoint this kit cannot
+    read (another format version) raises the checkpoint module's own error, and the files of a
+    ``sela-edu label --backbone`` run (no image network) an error naming what they hold and what reads them.
     """
     path = Path(path)
-    payload = _read_kit_checkpoint(path)
-    if payload is None:
-        payload = read_torch_file(path, trust=trust)
+    payload = _read_once(path, trust)
+    _refuse_backbone_run_file(payload, path)
     build = payload.get("build_kwargs") if isinstance(payload, Mapping) else None
     state, labels = _state_from(payload, path)
     if build is None and isinstance(payload, Mapping) and isinstance(payload.get("config"), Mapping):
-        if payload["config"].get("arch") in FEATURE_ARCHS:
-            raise PretrainedError(f"{path} holds heads trained on a frozen backbone's features (sela-edu label "
-                                  "--backbone), not an image network: put images into its clusters with "
-                                  "sela-edu assign and the run's heads.pt")
         build = _build_from_config(payload["config"], state)
     if (layout == "auto" and detect_layout(without_data_parallel(state)) == "kit") or layout == "kit":
         if build is None:
@@ -89,36 +86,77 @@ def load_checkpoint_file(path: str | os.PathLike, *, layout: str = "auto", trust
                 raise PretrainedError(f"{path} is a bare kit state dict: pass arch=, image_size= and in_channels= "
                                       "(e.g. 'smallcnn', 28, 1 for the classroom preset)")
             build = dict(arch=arch, image_size=image_size, in_channels=in_channels)
-        kit_state, info = convert_state_dict(state, "kit")
-        kw = {k: build[k] for k in ("arch", "in_channels", "image_size", "small_stem", "head_temperature")
-              if build.get(k) is not None}
-        try:
-            model = build_model(num_heads=len(info["head_sizes"]), num_clusters=info["head_sizes"], **kw)
-        except ValueError as exc:
-            raise PretrainedError(f"{path}: its network cannot be built ({exc})") from exc
-        if "rotation_head.weight" in kit_state and hasattr(model, "add_rotation_head"):
-            model.add_rotation_head()
-        try:
-            model.load_state_dict(kit_state)
-        except RuntimeError as exc:
-            raise PretrainedError(f"{path} does not fit a kit {kw}: {str(exc).splitlines()[0]}") from exc
-        meta = payload.get("data") if isinstance(payload, Mapping) else None
-        mean, std = _kit_normalisation(meta, payload, kw["in_channels"])
-        return Pretrained(model.eval(), labels, None, kw["arch"], "kit", path, image_size=kw["image_size"],
-                          mean=mean, std=std, info={"build_kwargs": kw})
+        return _build_kit_model(path, payload, state, labels, build)
     model, info = model_from_state_dict(state, layout, source=str(path))
     return Pretrained(model, labels, info.pop("rotation_head"), info["arch"], info["layout"], path, info=info)
 
 
-def _read_kit_checkpoint(path: Path):
-    """The state of a kit training checkpoint (``save_checkpoint`` format), else None."""
+def _build_kit_model(path: Path, payload, state: dict, labels, build: Mapping[str, Any]) -> Pretrained:
+    """A kit network rebuilt from ``build`` (its build_model arguments) with ``state``'s weights."""
+    kit_state, info = convert_state_dict(state, "kit")
+    kw = {k: build[k] for k in ("arch", "in_channels", "image_size", "small_stem", "head_temperature")
+          if build.get(k) is not None}
+    try:
+        model = build_model(num_heads=len(info["head_sizes"]), num_clusters=info["head_sizes"], **kw)
+    except ValueError as exc:
+        raise PretrainedError(f"{path}: its network cannot be built ({exc})") from exc
+    if "rotation_head.weight" in kit_state and hasattr(model, "add_rotation_head"):
+        model.add_rotation_head()
+    try:
+        model.load_state_dict(kit_state)
+    except RuntimeError as exc:
+        raise PretrainedError(f"{path} does not fit a kit {kw}: {str(exc).splitlines()[0]}") from exc
+    meta = payload.get("data") if isinstance(payload, Mapping) else None
+    mean, std = _kit_normalisation(meta, payload, kw["in_channels"])
+    return Pretrained(model.eval(), labels, None, kw["arch"], "kit", path, image_size=kw["image_size"],
+                      mean=mean, std=std, info={"build_kwargs": kw})
+
+
+def _read_once(path: Path, trust: bool):
+    """What the file holds, from one ``torch.load``: a kit checkpoint (``save_checkpoint``'s format)
+    unwrapped to its state, any other file as it is."""
     from sela_edu.training import checkpoint as ckpt
 
-    try:
-        state = ckpt.load_checkpoint(path)
-    except ckpt.CheckpointError:   # not in the kit's format (a released file, a bare state dict): read it plainly
+    payload = read_torch_file(path, trust=trust)
+    if not (isinstance(payload, Mapping) and payload.get("format") == ckpt.FORMAT):
+        return payload
+    if payload.get("version") == ckpt.FORMAT_VERSION and "state" in payload:
+        return payload["state"]
+    # A kit checkpoint this kit cannot read: the checkpoint module words why (e.g. another format version)
+    # and what to do. Only this failing case reads the file a second time.
+    return ckpt.load_checkpoint(path)
+
+
+def _refuse_backbone_run_file(payload, path: Path) -> None:
+    """A file of a ``sela-edu label --backbone`` run holds no image network: an error naming what it holds
+    and what reads it instead (``sela-edu assign`` with the run's heads.pt), not a model builder's error."""
+    what = _backbone_run_content(payload)
+    if what is None:
+        return
+    if "heads" in payload and "backbone" in payload:   # heads.pt itself
+        reader = f"`sela-edu assign FOLDER --model {path}`"
+    elif path.parent.name == "checkpoints":   # OUT/checkpoints/last.pt: the heads are OUT/heads.pt
+        reader = f"`sela-edu assign FOLDER --model {path.parent.parent / 'heads.pt'}`"
+    else:
+        reader = "`sela-edu assign FOLDER --model OUT/heads.pt` (OUT: that run's output folder)"
+    raise PretrainedError(f"{path} holds {what}, not an image network: {reader} puts images into that run's "
+                          "clusters")
+
+
+def _backbone_run_content(payload) -> str | None:
+    """What a file of a ``sela-edu label --backbone`` run holds (OUT/heads.pt, OUT/checkpoints/last.pt,
+    prev.pt, features.pt); None for any other file."""
+    if not isinstance(payload, Mapping):
         return None
-    return state if isinstance(state, Mapping) and "model" in state else None
+    run = "`sela-edu label --backbone` run"
+    if "heads" in payload and "backbone" in payload:
+        return f"the heads a {run} trained on the features of the backbone {payload['backbone']}"
+    if "blocks" in payload and "key" in payload:
+        return f"the frozen backbone's features of a folder's images, computed by a {run}"
+    if any(isinstance(payload.get(k), Mapping) and payload[k].get("arch") in FEATURE_ARCHS
+           for k in ("config", "build_kwargs")):
+        return f"heads trained on a frozen backbone's features (a training checkpoint of a {run})"
+    return None
 
 
 def _kit_normalisation(meta, payload, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -128,10 +166,10 @@ def _kit_normalisation(meta, payload, channels: int) -> tuple[tuple[float, ...],
         return tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"])
     config = payload.get("config") if isinstance(payload, Mapping) else None
     if isinstance(config, Mapping):
-        from sela_edu.data.datasets import DATASET_INFO, _canonical_name
+        from sela_edu.data.datasets import DATASET_INFO, canonical_name
 
         try:
-            info = DATASET_INFO[_canonical_name(config.get("dataset", ""))]
+            info = DATASET_INFO[canonical_name(config.get("dataset", ""))]
             return tuple(info["mean"]), tuple(info["std"])
         except (ValueError, KeyError):
             pass
@@ -141,11 +179,11 @@ def _kit_normalisation(meta, payload, channels: int) -> tuple[tuple[float, ...],
 
 
 def _build_from_config(config: Mapping[str, Any], state: Mapping[str, Any]) -> dict | None:
-    from sela_edu.data.datasets import DATASET_INFO, _canonical_name
+    from sela_edu.data.datasets import DATASET_INFO, canonical_name
     from sela_edu.training import resolve_arch
 
     try:
-        info = DATASET_INFO[_canonical_name(config.get("dataset", ""))]
+        info = DATASET_INFO[canonical_name(config.get("dataset", ""))]
     except (ValueError, KeyError):
         return None
     size = config.get("image_size") or info["image_size"]

@@ -25,19 +25,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from sela_edu import paper
+from sela_edu.data.datasets import normalise_name
+
 #: Where the paper's models and the stronger-augmentation ResNets live.
 ASSET_URL = "http://www.robots.ox.ac.uk/~vgg/research/self-label/asset/"
 ZIP_URL = ASSET_URL + "pretrained.zip"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: The official README's clustering and linear-probe figures on ImageNet (%), where it gives them.
-README_FIGURES = {
-    "resnet50-10x3k": {"NMI": 54.2, "aNMI": 34.4, "ARI": 7.2, "linear probe top-1": 61.5},
-    "resnet18-1k-pp": {"label accuracy": 26.9, "NMI": 62.7, "aNMI": 36.4, "ARI": 12.5, "linear probe top-1": 53.3},
-    "resnet50-1k-pp": {"label accuracy": 30.5, "NMI": 65.7, "aNMI": 42.0, "ARI": 16.2, "linear probe top-1": 63.5},
-    "resnet50-10x3k-pp": {"label accuracy": 38.1, "NMI": 75.7, "aNMI": 52.8, "ARI": 27.6, "linear probe top-1": 68.8},
-}
+#: The official README's figures of each released model (one home: :data:`sela_edu.paper.RELEASED_MODELS`).
+README_FIGURES = paper.RELEASED_MODELS
 
 
 class PretrainedError(ValueError):
@@ -92,7 +90,7 @@ RELEASED_LABELS = {
 
 def released_spec(name: str) -> ReleasedModel:
     """The registry entry of ``name`` (case, ``_`` or ``-`` as the user types it); ValueError listing the names."""
-    key = name.strip().lower().replace("_", "-")
+    key = normalise_name(name)
     if key not in RELEASED:
         raise ValueError(f"unknown released model {name!r}; choose one of {', '.join(RELEASED)}")
     return RELEASED[key]
