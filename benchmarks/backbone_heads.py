@@ -10,7 +10,7 @@ keeps a copy of the deleted loop (:func:`deleted_loop`, as it was, from ``git sh
 * ``trainer``: what ``label --backbone`` runs now (the folder-backbone preset through ``train``; the
   final labels from the trained heads' scores, as :mod:`sela_edu.apps.label_folder` computes them);
 * ``deleted+warm``: the deleted loop with the trainer's warm start (each label step starts from the
-  previous one's cluster potentials): the one setting in which the two differ;
+  previous one's cluster potentials): the one setting in which the two differ, beside their draws;
 * ``deleted on the trainer's draws``: the deleted loop's arithmetic fed the trainer's own random draws
   (its network's initial weights; its loader's batches, noise and dropout masks) with warm start,
   compared with the trainer's labels bit for bit: equal labels mean that nothing else differs
@@ -44,9 +44,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_label_folder import write_folder  # noqa: E402
 
 
 class _FeatureHeads(nn.Module):
@@ -162,6 +159,9 @@ def folder_features(images: int, backbone: str, work: Path) -> tuple[torch.Tenso
     from its checkpoint folder) and their hidden classes."""
     from sela_edu.apps.label_folder import label_folder
     from sela_edu.training.checkpoint import load_checkpoint
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))   # the folder is bench_label_folder.py's
+    from bench_label_folder import write_folder
 
     folder = work / f"fashion{images}"
     truth_csv = write_folder(folder, images)

@@ -151,7 +151,7 @@ def _read_heads_file(path: Path, *, progress: bool) -> TrainedClusters | None:
     Its ``heads`` entry is a kit model file of the ``feature-mlp`` network (``build_kwargs``, ``state_dict``)
     with the standardisation of the features it was trained on (``data``: per-dimension mean and std).
     """
-    from sela_edu.apps.label_folder import _resolve_backbone
+    from sela_edu.apps.label_folder import resolve_backbone
     from sela_edu.apps.pretrained import PretrainedError, read_torch_file
     from sela_edu.models import build_model
 
@@ -165,7 +165,7 @@ def _read_heads_file(path: Path, *, progress: bool) -> TrainedClusters | None:
     heads = build_model(**saved["build_kwargs"])
     heads.load_state_dict(saved["state_dict"])
     mean, std = (torch.as_tensor(saved["data"][key], dtype=torch.float32) for key in ("mean", "std"))
-    backbone, _, _, _, description = _resolve_backbone(payload["backbone"], progress=progress)
+    backbone, _, _, _, description = resolve_backbone(payload["backbone"], progress=progress)
     lam = payload.get("lam")
     return TrainedClusters(_BackboneWithHeads(backbone, heads, mean, std).eval(), int(payload["image_size"]),
                            tuple(payload["mean"]), tuple(payload["std"]), ks, payload.get("labels"),

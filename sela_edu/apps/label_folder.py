@@ -27,7 +27,7 @@ Outputs in ``OUT``:
 * ``labels.csv``: the image's path relative to ``FOLDER`` (``/`` separators), then one column per head
   (``head0, head1, ...``), one row per labelled image; read it with
   :func:`sela_edu.training.labels_io.read_path_labels_csv`. The labels are the final equal-sized assignment
-  (Sinkhorn-Knopp on the trained network's scores).
+  (the label step on the trained network's scores).
 * ``index.html``: a contact sheet, one section per head and one row of thumbnails per cluster (its most
   confident images first, with the cluster's size); thumbnails are embedded, so the file opens anywhere.
 * ``skipped.txt``: ``path<TAB>reason`` for every file that got no label.
@@ -206,7 +206,7 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
     return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
 
 
-def _resolve_backbone(backbone: str, *, progress: bool):
+def resolve_backbone(backbone: str, *, progress: bool):
     """(model, image_size, mean, std, description) for a backbone name or file."""
     from sela_edu.apps import pretrained
 
@@ -316,7 +316,7 @@ def label_folder(folder: str | os.PathLike, output: str | os.PathLike, *, cluste
             own, usually 224, otherwise).
         batch_size: default ``min(256, N // 4)`` (at least 16) for a random network, the
             ``folder-backbone`` preset's (256, at most N) for a backbone.
-        lam: Sinkhorn's lambda (the paper's 10 for small data sets).
+        lam: the label step's lambda (the paper's 10 for small data sets).
         restart: delete ``output/checkpoints`` first instead of resuming.
         per_cluster: thumbnails per cluster on the contact sheet.
         callback: called after every training epoch with the trainer's record.
@@ -343,7 +343,7 @@ def label_folder(folder: str | os.PathLike, output: str | os.PathLike, *, cluste
             ckpt_dir=ckpt_dir, progress=progress, callback=callback, output=output)
         mode = "random"
     else:
-        model, default_size, mean, std, description = _resolve_backbone(backbone, progress=progress)
+        model, default_size, mean, std, description = resolve_backbone(backbone, progress=progress)
         size = image_size or default_size
         # Decode once at a small size only to find the readable files; features are computed at `size`.
         loaded = load_folder_images(folder, 16, channels=3, exclude=[output], progress=progress)
@@ -445,4 +445,4 @@ def _kit_model(model: nn.Module, mean: list[float], std: list[float]) -> dict:
 
 
 __all__ = ["LoadedImages", "LabelFolderResult", "list_files", "load_folder_images", "label_folder",
-           "default_epochs", "score_images", "label_step_labels", "assigned_confidence"]
+           "default_epochs", "score_images", "label_step_labels", "assigned_confidence", "resolve_backbone"]

@@ -51,6 +51,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, EOFError, pickle errors... depending on the damage
         raise CheckpointError(_corrupt_message(path, f"{type(exc).__name__}: {exc}")) from exc
+    return checkpoint_state(payload, path)
+
+
+def checkpoint_state(payload, path: str | os.PathLike) -> dict[str, Any]:
+    """The ``state`` of a file's contents already read (``payload``), checked: the kit's format marker and
+    this kit's format version. Raises :class:`CheckpointError` naming ``path`` and what to do."""
+    path = Path(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "state" not in payload:
         raise CheckpointError(_corrupt_message(path, "it is not a sela-edu checkpoint (format marker missing)"))
     if payload.get("version") != FORMAT_VERSION:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from sela_edu.files import writing_whole
 from sela_edu.apps.pretrained.registry import PretrainedError, released_spec
 
 
@@ -47,15 +48,9 @@ def missing_file_error(what: str, url: str, target: Path, cause: str = "",
 
 
 def download_to(url: str, target: Path, progress: bool) -> None:
-    """Download ``url`` to ``target`` through a ``.part`` file, so an interrupted download leaves no file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
-    try:
+    """Download ``url`` to ``target`` whole or not at all: an interrupted download leaves no file."""
+    with writing_whole(target) as partial:
         torch.hub.download_url_to_file(url, str(partial), progress=progress)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, target)
 
 
 def check_zip(path: Path) -> None:
@@ -148,9 +143,8 @@ def fetch(name: str, *, cache: str | os.PathLike | None = None, offline: bool | 
             if spec.filename not in members:
                 raise PretrainedError(f"{archive} holds no {spec.filename} (it holds {sorted(members)}); the "
                                       "archive's contents are undocumented, so this name may not exist")
-            with zf.open(members[spec.filename]) as src, open(target.with_suffix(".part"), "wb") as dst:
+            with writing_whole(target) as partial, zf.open(members[spec.filename]) as src, open(partial, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-        os.replace(target.with_suffix(".part"), target)
         return target
     if is_offline(offline):
         raise missing_file_error(spec.filename, spec.url, target, "offline")

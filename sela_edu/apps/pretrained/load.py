@@ -114,17 +114,14 @@ def _build_kit_model(path: Path, payload, state: dict, labels, build: Mapping[st
 
 def _read_once(path: Path, trust: bool):
     """What the file holds, from one ``torch.load``: a kit checkpoint (``save_checkpoint``'s format)
-    unwrapped to its state, any other file as it is."""
-    from sela_edu.training import checkpoint as ckpt
+    unwrapped to its state (or the checkpoint module's own error, e.g. another format version), any other
+    file as it is."""
+    from sela_edu.training.checkpoint import FORMAT, checkpoint_state
 
     payload = read_torch_file(path, trust=trust)
-    if not (isinstance(payload, Mapping) and payload.get("format") == ckpt.FORMAT):
-        return payload
-    if payload.get("version") == ckpt.FORMAT_VERSION and "state" in payload:
-        return payload["state"]
-    # A kit checkpoint this kit cannot read: the checkpoint module words why (e.g. another format version)
-    # and what to do. Only this failing case reads the file a second time.
-    return ckpt.load_checkpoint(path)
+    if isinstance(payload, Mapping) and payload.get("format") == FORMAT:
+        return checkpoint_state(payload, path)
+    return payload
 
 
 def _refuse_backbone_run_file(payload, path: Path) -> None:
