@@ -119,6 +119,7 @@ def bench_size(kind: str, n: int, k: int, lam: float, machine: dict, storage: st
 
     from sela_edu.labelling import _kernels
     from sela_edu.labelling import ScoreBuffer, reference_self_label, self_label
+    from sela_edu.labelling.solve import _pick_backend
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[storage]
     itemsize = 4 if storage == "float32" else 2
@@ -131,7 +132,7 @@ def bench_size(kind: str, n: int, k: int, lam: float, machine: dict, storage: st
     block = 8192 if n * k > 2e8 else n
     dense = block == n
     buf = ScoreBuffer(n, k, lam, storage_dtype=dtype, device=device, keep_scores=False if not dense else None)
-    backend = "numba" if _kernels.numba_supports(buf.storage) and n * k >= _kernels.NUMBA_MIN_ENTRIES else "torch"
+    backend = _pick_backend(buf.storage, "auto")  # the solver's own choice: numba, triton (CUDA) or torch
     kept = [] if (reference and dense) else None
 
     def fill() -> float:
@@ -147,7 +148,7 @@ def bench_size(kind: str, n: int, k: int, lam: float, machine: dict, storage: st
             seconds += time.perf_counter() - t0
             del chunk
         t0 = time.perf_counter()
-        buf.finalise(fold=backend != "numba")
+        buf.finalise(fold=backend == "torch")
         sync()
         return seconds + time.perf_counter() - t0
 
@@ -178,8 +179,9 @@ def bench_size(kind: str, n: int, k: int, lam: float, machine: dict, storage: st
 
     # one pass on its own, on the P the solver used (blocks in their own frames on the numba path)
     P = buf.storage
-    E = buf.segment_shift.to(P.device if backend == "torch" else "cpu").exp()
-    w = torch.ones(k, device=P.device if backend == "torch" else "cpu")
+    vec_device = "cpu" if backend == "numba" else P.device
+    E = buf.segment_shift.to(vec_device).exp()
+    w = torch.ones(k, device=vec_device)
     _kernels.fused_pass(P, E, buf.segment_stops, w, backend)
     reps = 5 if n * k < 5e8 else 3
     per_pass = min(_timed(lambda: (_kernels.fused_pass(P, E, buf.segment_stops, w, backend), sync())) for _ in range(reps))

@@ -86,8 +86,12 @@ class SemiDual:
         else:
             mass, logsum = _kernels.fused_pass(self.P, self.E, self.stops, w, self.backend)
         self.passes += 1
-        parts = [mass.to(self.vec_device, torch.float64),
-                 torch.tensor([logsum + self.buffer.num_rows * s + self.M], dtype=torch.float64, device=self.vec_device)]
+        shift = self.buffer.num_rows * s + self.M
+        if isinstance(logsum, torch.Tensor):  # triton: still on the device, read with the masses below
+            value = (logsum.to(self.vec_device, torch.float64) + shift).reshape(1)
+        else:
+            value = torch.tensor([logsum + shift], dtype=torch.float64, device=self.vec_device)
+        parts = [mass.to(self.vec_device, torch.float64), value]
         if hessian:
             parts.append(gram.to(self.vec_device).flatten())
         packed = torch.cat(parts)

@@ -61,15 +61,22 @@ class SelfLabelResult:
 
 def _pick_backend(P: torch.Tensor, backend: str) -> str:
     if backend == "auto":
+        if P.device.type == "cuda" and _kernels.triton_supports(P):
+            return "triton"
         large = P.numel() >= _kernels.NUMBA_MIN_ENTRIES
         return "numba" if large and _kernels.numba_supports(P) else "torch"
+    if backend == "triton" and not _kernels.triton_supports(P):
+        raise ValueError(
+            "backend='triton' needs triton and a contiguous float32, bfloat16 or float16 matrix on a CUDA device "
+            f"(or TRITON_INTERPRET=1); got {P.dtype} on {P.device}"
+        )
     if backend == "numba" and not _kernels.numba_supports(P):
         raise ValueError(
             "backend='numba' needs numba and a contiguous float32 or bfloat16 matrix on the CPU; "
             f"got {P.dtype} on {P.device} (numba installed: {_kernels.HAVE_NUMBA})"
         )
-    if backend not in ("numba", "torch"):
-        raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+    if backend not in ("numba", "torch", "triton"):
+        raise ValueError(f"backend must be 'auto', 'numba', 'triton' or 'torch', got {backend!r}")
     return backend
 
 
@@ -106,7 +113,7 @@ def _solve_one(buffer: ScoreBuffer, *, tol: float, max_iter: int, prior: torch.T
     init = check_init(init, K)
     backend = _pick_backend(buffer.storage, backend)
     # the compiled kernels read every block in its own frame; the torch path wants one matrix
-    P = buffer.finalise(distributed, fold=backend != "numba")
+    P = buffer.finalise(distributed, fold=backend == "torch")
     vec_device = torch.device("cpu") if backend == "numba" else P.device
     # Rows are scaled to sum to 1, so cluster k must receive N * prior_k of the mass.
     target = (_total_rows(buffer, P.device, distributed) * prior).to(vec_device)
@@ -214,7 +221,8 @@ def self_label(
         ``None`` follows ``torch.distributed.is_initialized()``. When on, ``scores`` are this rank's
         rows; every rank must call with the same settings, and the labels returned are this rank's.
     backend:
-        ``"auto"`` (numba kernels on the CPU, torch elsewhere), ``"numba"`` or ``"torch"``.
+        ``"auto"`` (numba kernels on the CPU, Triton kernels on CUDA where triton is importable, torch
+        elsewhere), ``"numba"``, ``"triton"`` or ``"torch"``.
     keep_scores:
         For a score matrix: keep a float32 copy of the scaled scores so that very sharp problems are
         solved exactly (see :class:`ScoreBuffer`). ``None``: when that copy costs at most 2 GB.

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import numpy as np
 import torch
 
 from sela_edu.labelling._kernels.ops import HAVE_NUMBA, U_MIN, num_blocks
+from sela_edu.labelling._kernels.walk import walk
 
 # Rows per block of the torch path for half-precision storage: a float32 copy of about 32 MB.
 _TORCH_BLOCK_BYTES = 32 * 2**20
@@ -63,29 +66,23 @@ if HAVE_NUMBA:
         return np.float64(u)
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _pass(P, E, seg_stop, w, nblocks):  # pragma: no cover - compiled
-        """Masses and sum of log u over the rows of float32 ``P``."""
-        n, k = P.shape
+    def _pass(P, E, ranges, first, w):  # pragma: no cover - compiled
+        """Masses and sum of log u over the rows of float32 ``P``, part by part of the walk (:func:`walk`)."""
+        k = P.shape[1]
+        nblocks = first.shape[0] - 1
         partial = np.zeros((nblocks, k), np.float32)
         logs = np.zeros(nblocks, np.float64)
-        step = (n + nblocks - 1) // nblocks
         for blk in prange(nblocks):
-            i0 = blk * step
-            i1 = min(n, i0 + step)
-            if i0 >= i1:
-                continue
             out = partial[blk]
             acc = np.zeros(k, np.float32)
             b = np.empty(k, np.float32)
-            seg = np.searchsorted(seg_stop, i0, side="right")
             ls = 0.0
-            i = i0
-            while i < i1:
-                while seg_stop[seg] <= i:
-                    seg += 1
+            for r in range(first[blk], first[blk + 1]):
+                i = ranges[r, 0]
+                end = ranges[r, 1]
+                seg = ranges[r, 2]
                 for j in range(k):
                     b[j] = E[seg, j] * w[j]
-                end = min(i1, seg_stop[seg])
                 while i + 4 <= end:
                     ls += _rows4(P[i], P[i + 1], P[i + 2], P[i + 3], b, acc)
                     i += 4
@@ -163,30 +160,23 @@ if HAVE_NUMBA:
         return math.log(np.float64(u))
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _pass_pairs(W, E, seg_stop, w, nblocks):  # pragma: no cover - compiled
+    def _pass_pairs(W, E, ranges, first, w):  # pragma: no cover - compiled
         """:func:`_pass` for bfloat16 ``P`` with an even K, read as the n x K/2 uint32 words ``W``."""
-        n, h = W.shape
+        h = W.shape[1]
+        nblocks = first.shape[0] - 1
         partial = np.zeros((nblocks, 2 * h), np.float32)
         logs = np.zeros(nblocks, np.float64)
-        step = (n + nblocks - 1) // nblocks
         for blk in prange(nblocks):
-            i0 = blk * step
-            i1 = min(n, i0 + step)
-            if i0 >= i1:
-                continue
             out = partial[blk]
             alo = np.zeros(h, np.float32)
             ahi = np.zeros(h, np.float32)
             blo = np.empty(h, np.float32)
             bhi = np.empty(h, np.float32)
-            seg = np.searchsorted(seg_stop, i0, side="right")
             ls = 0.0
-            i = i0
-            while i < i1:
-                while seg_stop[seg] <= i:
-                    seg += 1
-                _pair_scalings(E[seg], w, blo, bhi)
-                end = min(i1, seg_stop[seg])
+            for r in range(first[blk], first[blk + 1]):
+                i = ranges[r, 0]
+                end = ranges[r, 1]
+                _pair_scalings(E[ranges[r, 2]], w, blo, bhi)
                 while i + 4 <= end:
                     ls += _pairs4(W[i], W[i + 1], W[i + 2], W[i + 3], blo, bhi, alo, ahi)
                     i += 4
@@ -225,59 +215,64 @@ if HAVE_NUMBA:
         return 2 * first
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _argmax_pairs(W, E, seg_stop, w, nblocks):  # pragma: no cover - compiled
+    def _argmax_pairs(W, E, ranges, first, w):  # pragma: no cover - compiled
         n, h = W.shape
+        nblocks = first.shape[0] - 1
         out = np.empty(n, np.int64)
-        step = (n + nblocks - 1) // nblocks
         for blk in prange(nblocks):
-            i0 = blk * step
-            i1 = min(n, i0 + step)
-            if i0 >= i1:
-                continue
             blo = np.empty(h, np.float32)
             bhi = np.empty(h, np.float32)
-            seg = np.searchsorted(seg_stop, i0, side="right")
-            stale = True
-            for i in range(i0, i1):
-                while seg_stop[seg] <= i:
-                    seg += 1
-                    stale = True
-                if stale:
-                    _pair_scalings(E[seg], w, blo, bhi)
-                    stale = False
-                out[i] = _argmax_pair_row(W[i], blo, bhi)
+            for r in range(first[blk], first[blk + 1]):
+                _pair_scalings(E[ranges[r, 2]], w, blo, bhi)
+                for i in range(ranges[r, 0], ranges[r, 1]):
+                    out[i] = _argmax_pair_row(W[i], blo, bhi)
         return out
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _argmax_f32(P, E, seg_stop, w, nblocks):  # pragma: no cover - compiled
+    def _argmax_f32(P, E, ranges, first, w):  # pragma: no cover - compiled
         n, k = P.shape
+        nblocks = first.shape[0] - 1
         out = np.empty(n, np.int64)
-        step = (n + nblocks - 1) // nblocks
         for blk in prange(nblocks):
-            i0 = blk * step
-            i1 = min(n, i0 + step)
-            if i0 >= i1:
-                continue
             b = np.empty(k, np.float32)
-            seg = np.searchsorted(seg_stop, i0, side="right")
-            for j in range(k):
-                b[j] = E[seg, j] * w[j]
-            for i in range(i0, i1):
-                if seg_stop[seg] <= i:
-                    while seg_stop[seg] <= i:
-                        seg += 1
-                    for j in range(k):
-                        b[j] = E[seg, j] * w[j]
-                row = P[i]
-                best = row[0] * b[0]
-                arg = 0
-                for j in range(1, k):
-                    v = row[j] * b[j]
-                    if v > best:
-                        best = v
-                        arg = j
-                out[i] = arg
+            for r in range(first[blk], first[blk + 1]):
+                seg = ranges[r, 2]
+                for j in range(k):
+                    b[j] = E[seg, j] * w[j]
+                for i in range(ranges[r, 0], ranges[r, 1]):
+                    out[i] = _argmax_row(P[i], b)
         return out
+
+    @njit(fastmath=True, cache=True)
+    def _argmax_row(row, b):  # pragma: no cover - compiled
+        """First k maximising P_ik b_k on one float32 row."""
+        best = row[0] * b[0]
+        arg = 0
+        for j in range(1, b.shape[0]):
+            v = row[j] * b[j]
+            if v > best:
+                best = v
+                arg = j
+        return arg
+
+
+def triton_kernels():
+    """The Triton kernels (:mod:`.triton_passes`), imported on first use: importing triton costs time, and
+    only CUDA storage (or a test under ``TRITON_INTERPRET=1``) needs it. None where triton is missing."""
+    try:
+        from sela_edu.labelling._kernels import triton_passes
+    except ImportError:  # pragma: no cover - triton_passes itself guards the import of triton
+        return None
+    return triton_passes if triton_passes.HAVE_TRITON else None
+
+
+def triton_supports(P: torch.Tensor) -> bool:
+    """Whether ``backend="triton"`` can read ``P`` (CUDA storage, or any under ``TRITON_INTERPRET=1``)."""
+    if P.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0") \
+            and "sela_edu.labelling._kernels.triton_passes" not in sys.modules:
+        return False  # no import of triton for CPU storage
+    tk = triton_kernels()
+    return tk is not None and tk.supports(P)
 
 
 def _pairs_view_ok(P: torch.Tensor) -> bool:
@@ -292,14 +287,18 @@ def fused_pass(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torch.
 
     ``E`` is a (segments x K) float32 matrix of per-block factors, ``seg_stop`` the (int64) end row of each
     block, ``w`` a float32 K-vector. Returns ``mass`` (float64 K-vector, on the CPU for numba and on P's
-    device for torch) and ``sum_i log(sum_k P_ik b_k)`` as a float.
+    device for torch and triton) and ``sum_i log(sum_k P_ik b_k)`` as a float (triton: a float64 0-d tensor
+    on P's device, so that the pass does not wait for the device).
     """
+    if backend == "triton":
+        return triton_kernels().fused_pass(P, E, seg_stop, w)
     if backend == "numba" and (P.dtype == torch.float32 or _pairs_view_ok(P)):
         if P.dtype == torch.float32:
-            partial, logs = _pass(P.numpy(), E.numpy(), seg_stop, w.numpy(), num_blocks(P.shape[0]))
+            partial, logs = _pass(P.numpy(), E.numpy(), *walk(P.shape[0], seg_stop, num_blocks(P.shape[0])),
+                                  w.numpy())
         else:
-            partial, logs = _pass_pairs(P.view(torch.int32).numpy().view(np.uint32), E.numpy(), seg_stop,
-                                        w.numpy(), num_blocks(P.shape[0]))
+            partial, logs = _pass_pairs(P.view(torch.int32).numpy().view(np.uint32), E.numpy(),
+                                        *walk(P.shape[0], seg_stop, num_blocks(P.shape[0])), w.numpy())
         return torch.from_numpy(partial.sum(axis=0, dtype=np.float64)), float(logs.sum())
     # torch, and half precision with an odd K on the CPU
     mass = torch.zeros(P.shape[1], dtype=torch.float64, device=P.device)
@@ -342,12 +341,16 @@ def hessian_pass(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torc
 
 def argmax_scaled(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torch.Tensor, backend: str) -> torch.Tensor:
     """Row-wise argmax of ``P_ik b_k`` with ``b = E[segment] * w``: the hard labels of the transport plan."""
+    if backend == "triton":
+        return triton_kernels().argmax_scaled(P, E, seg_stop, w)
     if backend == "numba":
         if _pairs_view_ok(P):
-            return torch.from_numpy(_argmax_pairs(P.view(torch.int32).numpy().view(np.uint32), E.numpy(), seg_stop,
-                                                  w.numpy(), num_blocks(P.shape[0])))
+            ranges, first = walk(P.shape[0], seg_stop, num_blocks(P.shape[0]))
+            return torch.from_numpy(_argmax_pairs(P.view(torch.int32).numpy().view(np.uint32), E.numpy(),
+                                                  ranges, first, w.numpy()))
         if P.dtype == torch.float32:
-            return torch.from_numpy(_argmax_f32(P.numpy(), E.numpy(), seg_stop, w.numpy(), num_blocks(P.shape[0])))
+            ranges, first = walk(P.shape[0], seg_stop, num_blocks(P.shape[0]))
+            return torch.from_numpy(_argmax_f32(P.numpy(), E.numpy(), ranges, first, w.numpy()))
     # torch (and half precision with an odd K): block by block, the product P * b would otherwise be a
     # second N x K matrix
     out, start = [], 0
