@@ -22,6 +22,19 @@ with the hours the full ``cifar-paper`` schedule (400 epochs, 400 optimisations)
 
     python benchmarks/bench_training.py --preset cifar-paper --synthetic 50000 --epochs 2 --device cuda
 
+Beside the measured throughput it prints the CEILING: forward and backward (and the SGD step) of the same
+network, precision and memory format on ONE batch resident on the device, no augmentation, no data loading,
+no relabelling, in images/s, and the ratio measured / ceiling (``--no-ceiling`` skips it). The measured
+figure "with relabelling" divides the images trained by the whole wall time of training, label optimisations
+included (what the 400-epoch schedule's length follows).
+
+The classroom preset's whole schedule (its own 20 epochs and 40 label optimisations, SeLa only), timed, on
+Fashion-MNIST-shaped synthetic images (``--full-schedule`` keeps the preset's epochs and optimisations;
+``--budget`` stops training after that many seconds and reports the epochs done and the projected time)::
+
+    python benchmarks/bench_training.py --preset classroom --synthetic 60000 --full-schedule --no-supervised \
+        --device cuda --budget 40
+
 The share of relabelling in a run on the classroom schedule's density (2 optimisations per epoch, spaced
 quadratically: 4 epochs weigh the one scoring pass of score mode "training" more than 20 would), per
 score mode, without the supervised comparison::
@@ -65,6 +78,14 @@ def parse_args(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a field of the preset, after the options above (repeatable)")
     parser.add_argument("--no-supervised", action="store_true", help="skip the supervised comparison run")
+    parser.add_argument("--no-ceiling", action="store_true",
+                        help="skip the ceiling (forward and backward on one resident batch)")
+    parser.add_argument("--ceiling-steps", type=int, default=20, help="timed steps of the ceiling (default 20)")
+    parser.add_argument("--full-schedule", action="store_true",
+                        help="keep the preset's epochs and label optimisations (ignores --epochs)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="stop SeLa training after the epoch that passes this many seconds; report the "
+                             "epochs done and the projected time of the whole schedule")
     return parser.parse_args(argv)
 
 
@@ -93,10 +114,65 @@ def synthetic_data(name: str, n: int) -> ImageData:
                      [str(c) for c in range(info["num_classes"])], info["mean"], info["std"])
 
 
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def ceiling(config, data, steps: int = 20, warmup: int | None = None) -> dict:
+    """Forward, backward and the SGD step of the config's network on ONE batch resident on the device: no
+    augmentation, no data loading, no relabelling, no host synchronisation inside the timed steps. The
+    precision (autocast in ``amp_dtype`` on CUDA, with a GradScaler for float16) and memory format
+    (``channels_last``) are the config's. Returns images/s."""
+    import torch.nn.functional as F
+
+    from sela_edu.training.build import build_for_config
+
+    device = _device(config.device)
+    model = build_for_config(config, data).to(device).train()
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    use_amp = bool(config.amp) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and config.amp_dtype == "float16")
+    size = config.image_size or data.image_size
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(config.batch_size, data.num_channels, size, size, generator=g).to(device)
+    if config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ks = config.cluster_list()
+    targets = [torch.randint(0, k, (config.batch_size,), generator=g).to(device) for k in ks]
+
+    def step():
+        with torch.autocast(device.type, dtype=getattr(torch, config.amp_dtype), enabled=use_amp):
+            outputs = model(x)
+            loss = torch.stack([F.cross_entropy(out.float(), t) for out, t in zip(outputs, targets)]).mean()
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    for _ in range(min(5, max(1, steps // 4)) if warmup is None else warmup):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    seconds = time.perf_counter() - t0
+    return {"ceiling_images_per_second": steps * config.batch_size / seconds, "ceiling_steps": steps,
+            "ceiling_step_ms": 1e3 * seconds / steps, "ceiling_batch_size": config.batch_size}
+
+
 def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = dict(epochs=args.epochs, nopts=args.epochs, device=args.device, max_images=args.max_images)
+    overrides = dict(device=args.device, max_images=args.max_images)
+    if not args.full_schedule:
+        overrides.update(epochs=args.epochs, nopts=args.epochs)
     if args.dataset:
         overrides["dataset"] = args.dataset
     if args.batch_size:
@@ -107,8 +183,16 @@ def run(args) -> dict:
     config = config_from_preset(args.preset, **overrides)
     data = synthetic_data(config.dataset, args.synthetic) if args.synthetic else load_dataset(config.dataset, "train", root=args.root)
 
+    def stop_after_budget(record, start=time.perf_counter()):
+        from sela_edu.training.loop import StopTraining
+
+        if time.perf_counter() - start > args.budget:
+            raise StopTraining
+
+    callback = stop_after_budget if args.budget is not None else None
+
     t0 = time.perf_counter()
-    sela = train(config, data, progress=args.progress)
+    sela = train(config, data, progress=args.progress, callback=callback)
     sela_wall = time.perf_counter() - t0
     st = sela.timings
     epochs = len(sela.history)
@@ -130,7 +214,18 @@ def run(args) -> dict:
         "sela_seconds": st["seconds"],
         "sela_epoch_seconds_without_relabel": st["train_seconds"] / epochs,
         "nmi_per_head": sela.history[-1]["nmi"],
+        # images trained per second of the whole training wall time, label optimisations included
+        "sela_images_per_second_with_relabel": len(sela.labels[0]) * epochs / st["seconds"],
+        "schedule_epochs": config.epochs, "schedule_complete": epochs >= config.epochs,
+        # the train() call's wall time, set-up included, and what the whole schedule would take at its rate
+        "projected_schedule_seconds": sela_wall * config.epochs / max(epochs, 1),
+        "budget": args.budget,
     }
+    if not args.no_ceiling:
+        report.update(ceiling(config, data, steps=args.ceiling_steps))
+        report["ratio_to_ceiling"] = report["sela_images_per_second"] / report["ceiling_images_per_second"]
+        report["ratio_to_ceiling_with_relabel"] = (report["sela_images_per_second_with_relabel"]
+                                                   / report["ceiling_images_per_second"])
     if not args.no_supervised:
         report.update(supervised_comparison(args, overrides, data, report["sela_epoch_seconds_without_relabel"]))
     # the preset's full schedule at the measured rates: its epochs plus its label optimisations
@@ -162,6 +257,14 @@ def main(argv=None) -> dict:
           f"{report['threads']} threads, score mode {report['score_mode']}, "
           f"{report['nopts']} optimisations ({report['nopt_schedule']})")
     print(f"  SeLa training throughput      {report['sela_images_per_second']:9.1f} images/s")
+    print(f"  ... with relabelling          {report['sela_images_per_second_with_relabel']:9.1f} images/s "
+          f"(images trained / the whole training time)")
+    if "ceiling_images_per_second" in report:
+        print(f"  ceiling (one resident batch)  {report['ceiling_images_per_second']:9.1f} images/s "
+              f"(forward + backward + SGD step, {report['ceiling_step_ms']:.2f} ms per batch of "
+              f"{report['ceiling_batch_size']}; no augmentation, no loading, no relabelling)")
+        print(f"  measured / ceiling            {report['ratio_to_ceiling']:9.3f} "
+              f"(with relabelling {report['ratio_to_ceiling_with_relabel']:.3f})")
     if "supervised_epoch_seconds" in report:
         print(f"  supervised throughput         {report['supervised_images_per_second']:9.1f} images/s")
         print(f"  epoch without relabelling     {report['sela_epoch_seconds_without_relabel']:9.2f} s "
@@ -178,6 +281,9 @@ def main(argv=None) -> dict:
           f"{100 * report['score_share']:.2f} %")
     print(f"  NMI per head after training   {[round(x, 3) for x in report['nmi_per_head'] or []]}")
     print(f"  projected full {report['preset']} schedule  {report['projected_full_hours']:.2f} h at these rates")
+    done = "complete" if report["schedule_complete"] else f"stopped by the {report['budget']:g} s budget"
+    print(f"  this run: {report['epochs']} of {report['schedule_epochs']} epochs in {report['sela_wall_seconds']:.2f} s "
+          f"({done}; the whole {report['schedule_epochs']} epochs: {report['projected_schedule_seconds']:.2f} s)")
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -388,8 +388,8 @@ def _add_training_commands(sub) -> None:
 
     p = sub.add_parser("ledger", help="the paper's claims tested: run what the results folder lacks, print the table")
     p.add_argument("--out", default=None, help="results folder (default: the recorded docs/ledger at classroom, "
-                   "<results>/ledger-smoke at smoke)")
-    p.add_argument("--profile", default="classroom", choices=("smoke", "classroom"))
+                   "<results>/ledger-<profile> otherwise)")
+    p.add_argument("--profile", default="classroom", choices=("smoke", "classroom", "gpu"))
     p.add_argument("--only", nargs="+", default=None, metavar="CLAIM", help='claims to run, e.g. 2 7 or 3a')
     p.set_defaults(func=_cmd_ledger)
 

@@ -74,7 +74,9 @@ class LedgerContext:
 
 def evaluation_measures(model, ctx: LedgerContext) -> dict[str, float]:
     """kNN (k = 10) and linear-probe accuracy (%) of the 256-d features, and head 0's NMI, on the test split."""
-    ev = evaluate(model, ctx.eval_split, ctx.test, knn_k=KNN_K, probe=True, heads=True, device="cpu")
+    # where the profile trains (the gpu profile: cuda), it evaluates too; the recorded ledger is all CPU
+    device = ctx.profile.overrides.get("device", "cpu")
+    ev = evaluate(model, ctx.eval_split, ctx.test, knn_k=KNN_K, probe=True, heads=True, device=device)
     return {"knn": 100.0 * ev.knn["features"][KNN_K], "linear": 100.0 * ev.linear["features"],
             "nmi": ev.heads[0]["nmi"]}
 
