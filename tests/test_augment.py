@@ -152,3 +152,73 @@ def test_bad_arguments(kwargs, message):
 def test_bad_batch_shape():
     with pytest.raises(ValueError, match="N x C x H x W"):
         BatchAugment(8)(torch.zeros(3, 8, 8))
+
+
+# ------------------------------------------------------------------------------- the device path (GPU-free)
+
+
+class _Copies:
+    """Counts copies from the host to ``device`` (``Tensor.to`` from a CPU tensor) while installed."""
+
+    def __init__(self, monkeypatch, device="meta"):
+        self.count, self.device = 0, torch.device(device)
+        original = torch.Tensor.to
+
+        def counting_to(tensor, *args, **kwargs):
+            out = original(tensor, *args, **kwargs)
+            if tensor.device.type == "cpu" and out.device.type == self.device.type:
+                self.count += 1
+            return out
+
+        monkeypatch.setattr(torch.Tensor, "to", counting_to)
+
+
+def test_a_device_batch_takes_one_copy_from_the_host(monkeypatch):
+    """On a device (the meta device stands in for a GPU here), a batch's random parameters arrive in one
+    packed copy, and the constants (luma, colour matrices, mean and std) are made there once, not per batch."""
+    aug = BatchAugment(24, grayscale=0.2, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4,
+                       mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.3))
+    x = _batch(8).to("meta")
+    g = torch.Generator().manual_seed(0)
+    aug(x, generator=g)  # the first batch makes the constants
+    copies = _Copies(monkeypatch)
+    made = []
+    original_tensor = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: made.append(k.get("device")) or original_tensor(*a, **k))
+    for _ in range(3):
+        y = aug(x, generator=g)
+    assert y.shape == (8, 3, 24, 24) and y.device.type == "meta"
+    assert copies.count == 3, copies.count  # one per batch: the packed parameters
+    assert not [d for d in made if d is not None and torch.device(d).type == "meta"]
+
+
+def test_packed_parameters_are_the_drawn_ones_and_give_the_same_images():
+    """The device path's one packed copy carries every parameter exactly: augmenting with the unpacked
+    parameters gives the CPU path's images bit for bit."""
+    from sela_edu.data.augment import params_to_device
+
+    aug = BatchAugment(20, grayscale=0.3, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4)
+    x = _batch(32).float() / 255
+    p = aug.sample_params(32, 3, 32, 32, torch.Generator().manual_seed(3))
+    q = params_to_device(p, torch.device("cpu"))
+    assert p.keys() == q.keys()
+    for key in p:
+        assert q[key].dtype == p[key].dtype and torch.equal(q[key], p[key]), key
+    direct = aug.colour(aug.crop(x, p["box"], p["flip"]), p)
+    packed = aug.colour(aug.crop(x, q["box"], q["flip"]), q)
+    assert torch.equal(direct, packed)
+
+
+def test_normalise_on_a_device_makes_its_constants_once():
+    from sela_edu.data import augment
+
+    x = torch.rand(4, 3, 8, 8, device="meta")
+    mean, std = (0.11, 0.22, 0.33), (0.5, 0.6, 0.7)
+    normalise(x, mean, std)
+    keys = set(augment._CONSTANTS)
+    normalise(x, list(mean), list(std))  # the same numbers as a list: the same constants
+    assert set(augment._CONSTANTS) == keys
+    # the CPU keeps nothing: its tensors are made as before
+    before = len(augment._CONSTANTS)
+    normalise(torch.rand(4, 3, 8, 8), (0.9, 0.8, 0.7), std)
+    assert len(augment._CONSTANTS) == before

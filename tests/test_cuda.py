@@ -74,3 +74,47 @@ def test_training_runs_on_the_device_with_mixed_precision(precision):
     assert result.labels.shape == (2, 512)
     for head, k in enumerate(config.cluster_list()):
         assert torch.bincount(result.labels[head], minlength=k).min() > 0
+
+
+def test_the_training_step_and_its_batches_never_wait_for_the_device(monkeypatch):
+    """On CUDA, torch's sync debug mode raises at any operation that makes the host wait for the GPU: none
+    may happen while a batch is gathered, augmented and trained on (after the first epoch, which copies
+    the set there). bfloat16 autocast: float16's GradScaler reads its overflow flag on the host every step."""
+    if torch.device(DEVICE).type != "cuda":
+        pytest.skip("torch's sync debug mode watches CUDA only")
+    from sela_edu.data import make_loader
+    from sela_edu.training import loop
+
+    g = torch.Generator().manual_seed(0)
+    data = ImageData("cifar10", torch.randint(0, 256, (512, 3, 32, 32), generator=g, dtype=torch.uint8),
+                     torch.arange(512) % 10, [str(i) for i in range(10)], (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    loader = make_loader(data, 64, train=True, device=DEVICE)
+    for _ in loader:  # the first epoch copies the set to the device (and makes the constants there)
+        pass
+    loader.set_epoch(1)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        batches = [x for x, _, _ in loader]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(batches) == len(loader) and batches[0].device.type == "cuda"
+
+    steps = []
+    original = loop.sgd_step
+
+    def watched(s, *args, **kwargs):
+        steps.append(1)
+        if len(steps) <= s.steps_per_epoch:  # the first epoch warms up cuDNN and cuBLAS
+            return original(s, *args, **kwargs)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return original(s, *args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(loop, "sgd_step", watched)
+    config = config_from_preset("smoke", dataset="cifar10", device=DEVICE, amp=True, amp_dtype="bfloat16",
+                                method="supervised", epochs=2, max_images=None, batch_size=64)
+    result = train(config, data, progress=False)
+    assert len(steps) == 2 * 8 and len(result.history) == 2

@@ -297,6 +297,38 @@ def test_train_loader_drops_short_batch_and_is_deterministic_per_epoch():
     assert torch.equal(next(iter(a))[0], other[0][0])         # but the same one for the same epoch
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_the_set_stays_on_the_device_and_batches_take_no_copy_of_images(monkeypatch, train):
+    """On a device (the meta device stands in for a GPU), the uint8 images are copied there once for every
+    epoch of the loader, each epoch's order once; a batch brings at most its packed augmentation parameters
+    (one small copy); index and targets stay on the host, cut from the epoch's order."""
+    g = torch.Generator().manual_seed(0)
+    d = ImageData("cifar10", torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8, generator=g),
+                  torch.arange(50) % 10, [str(c) for c in range(10)], (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    loader = make_loader(d, 16, train=train, drop_last=False, device="meta")
+    original = torch.Tensor.to
+    copies = []
+
+    def counting_to(tensor, *args, **kwargs):
+        out = original(tensor, *args, **kwargs)
+        if tensor.device.type == "cpu" and out.device.type == "meta":
+            copies.append(tuple(tensor.shape))
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "to", counting_to)
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        for x, t, i in loader:
+            assert x.device.type == "meta" and x.dtype == torch.float32 and x.shape[1:] == (3, 8, 8)
+            assert i.device.type == "cpu" and t.device.type == "cpu" and torch.equal(t, d.targets[i])
+    image_copies = [s for s in copies if s == tuple(d.images.shape)]
+    order_copies = [s for s in copies if s == (50,)]
+    packed = [s for s in copies if len(s) == 2 and s[1] == 10]  # a batch's augmentation parameters
+    constants = len(copies) - len(image_copies) - len(order_copies) - len(packed)  # made once (colour matrices)
+    assert len(image_copies) == 1 and len(order_copies) == 3
+    assert len(packed) == (3 * len(loader) if train else 0) and constants <= 2, copies
+
+
 def test_custom_augment_is_used():
     d = _small(8)
     aug = BatchAugment(4, scale=(0.5, 1.0), flip=False, mean=d.mean, std=d.std)

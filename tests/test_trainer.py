@@ -172,6 +172,7 @@ def test_unknown_preset_and_field_list_the_valid_ones():
     (dict(reinit_heads=1), "reinit_heads"),
     (dict(amp_dtype="float8"), "amp_dtype"),
     (dict(channels_last="yes"), "channels_last"),
+    (dict(compile="fast"), "compile"),
 ])
 def test_bad_settings_are_refused(overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -535,3 +536,84 @@ def test_sela_plus_rotation_trains_a_rotation_head_beside_the_clusters(digits):
     transfer = transfer_labels(_small(epochs=1, rotation=True), digits, plain.labels.new_zeros(2, len(digits)),
                                progress=False)
     assert transfer.model.rotation_head is not None
+
+
+# --------------------------------------------------------------------------------------------- the GPU's pace
+
+
+#: What reads a tensor's values on the host: on a GPU each waits for the device's queue to drain.
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+class _HostReads:
+    """Counts host reads of tensors inside the training loop's epochs, but for the label step and the epoch's
+    record (which run once per optimisation and once per epoch, on the host's copy of the labels)."""
+
+    def __init__(self, monkeypatch):
+        from sela_edu.training import loop
+
+        self.count, self.active = 0, False
+        for name in HOST_READS:
+            original = getattr(torch.Tensor, name)
+
+            def counting(tensor, *args, _original=original, **kwargs):
+                self.count += self.active
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counting)
+        for name, active in (("train_epoch", True), ("label_step", False), ("epoch_record", False)):
+            monkeypatch.setattr(loop, name, self._scoped(getattr(loop, name), active))
+
+    def _scoped(self, fn, active):
+        def scoped(*args, **kwargs):
+            before, self.active = self.active, active
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.active = before
+        return scoped
+
+
+@pytest.mark.parametrize("overrides", [dict(method="supervised"), dict(rotation=True), dict(score_mode="training")])
+def test_an_epoch_reads_the_device_a_fixed_few_times_however_many_steps(digits, monkeypatch, overrides):
+    """No host synchronisation inside the SGD step: the loss sum (and the rotation head's hits) stay on the
+    device and are read once per epoch, with the labels for the record; 16 steps or 64, the same few reads."""
+    reads = _HostReads(monkeypatch)
+    counts = []
+    for images in (128, 512):  # 16 and 64 steps of 8
+        reads.count = 0
+        result = train(_small(epochs=1, nopts=1, max_images=images, batch_size=8, **overrides), digits,
+                       progress=False)
+        assert len(result.history) == 1
+        counts.append(reads.count)
+    assert counts[0] == counts[1] <= 3, counts
+
+
+def test_a_non_finite_loss_stops_training_naming_its_epoch(digits):
+    with pytest.raises(FloatingPointError, match=r"in epoch 1 \(steps 1 to 8\)"):
+        train(_small(epochs=2, nopts=0, lr=1e30, method="supervised"), digits, progress=False)
+
+
+def test_the_progress_bar_reads_a_loss_the_host_already_has():
+    from sela_edu.training.loop import HostValue
+
+    shown = HostValue(torch.device("cpu"))  # no device queue on the CPU: the value at once
+    assert shown.update(torch.tensor(1.5)) == 1.5 and shown.value == 1.5
+
+
+def test_compile_trains_the_compiled_network_and_keeps_the_plain_model(digits, monkeypatch, tmp_path):
+    calls = []
+
+    def fake_compile(net, **kwargs):  # torch.compile itself pays on a GPU; here, what is compiled and how
+        calls.append((net, kwargs))
+        return net
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    config = _small(epochs=1, nopts=1, checkpoint_dir=str(tmp_path), compile="reduce-overhead")
+    result = train(config, digits, progress=False)
+    assert len(calls) == 1 and calls[0][0] is result.model and calls[0][1] == {"mode": "reduce-overhead"}
+    assert not any(k.startswith("_orig_mod") for k in result.model.state_dict())
+    # compile is a way of running, not of training: a run resumes with it switched
+    resumed = train(dataclasses.replace(config, epochs=2, compile=False), digits, progress=False)
+    assert len(resumed.history) == 2 and len(calls) == 1
+    assert config_from_preset("smoke").compile is False

@@ -11,7 +11,9 @@ device the batch lives on:
 * greyscale, brightness, contrast, saturation and hue are per-image blends and 3 x 3 colour matrices.
 
 Random parameters are always drawn on the CPU from a ``torch.Generator`` and then moved to the
-batch's device, so a seed gives the same augmentations on CPU and GPU.
+batch's device, so a seed gives the same augmentations on CPU and GPU. On a GPU they travel as one
+packed tensor, copied from pinned memory without waiting, and the constants (luma weights, colour
+matrices, mean and std) are made once per device: augmenting a batch never makes the host wait for the GPU.
 
 Differences from torchvision, on purpose:
 
@@ -40,6 +42,37 @@ _RGB_TO_YIQ = torch.tensor(
 )
 _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 
+#: (name, values, dtype, device) -> the constant as a tensor there: ``torch.tensor(..., device=cuda)`` copies
+#: from the host and waits for the copy, so every batch would make the host wait for the GPU.
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def _constant(values, dtype: torch.dtype, device: torch.device, shape=None) -> torch.Tensor:
+    """``torch.tensor(values, dtype, device)`` (viewed as ``shape``), made once per device and dtype.
+
+    ``values``: a tuple of numbers, or a CPU tensor (kept by identity: the module's fixed matrices).
+    On the CPU the tensor is made afresh, exactly as before, and not kept."""
+    if device.type == "cpu":
+        t = values.to(dtype=dtype) if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+        return t if shape is None else t.view(shape)
+    key = (id(values) if isinstance(values, torch.Tensor) else values, dtype, device, shape)
+    t = _CONSTANTS.get(key)
+    if t is None:
+        t = values.to(device, dtype) if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype, device=device)
+        t = t if shape is None else t.view(shape)
+        if len(_CONSTANTS) > 256:  # a bounded cache: a handful of (mean, std) pairs and devices in practice
+            _CONSTANTS.clear()
+        _CONSTANTS[key] = t
+    return t
+
+
+def to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on ``device`` without making the host wait (on CUDA: pinned memory, non-blocking
+    copy, ordered on the current stream); elsewhere ``t.to(device)``."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """A uint8 batch (0..255) becomes float32 in [0, 1]; a float batch is taken to be in [0, 1] already."""
@@ -61,8 +94,8 @@ def normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     if any(s <= 0 for s in std):
         raise ValueError(f"std must be positive, got {tuple(std)}")
     shape = (channels, 1, 1)
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(shape)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(shape)
+    m = _constant(tuple(float(v) for v in mean), x.dtype, x.device, shape)
+    s = _constant(tuple(float(v) for v in std), x.dtype, x.device, shape)
     return (x - m) / s
 
 
@@ -106,7 +139,7 @@ class CenterUpsample(nn.Module):
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
     """N x 1 x H x W luma of an N x 3 x H x W batch."""
-    w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    w = _constant(_LUMA, x.dtype, x.device, (1, 3, 1, 1))
     return (x * w).sum(dim=1, keepdim=True)
 
 
@@ -276,7 +309,7 @@ class BatchAugment(nn.Module):
             rot[:, 0, 0] = 1
             rot[:, 1, 1], rot[:, 1, 2] = cos, -sin
             rot[:, 2, 1], rot[:, 2, 2] = sin, cos
-            mat = _YIQ_TO_RGB.to(dev, dt) @ rot @ _RGB_TO_YIQ.to(dev, dt)  # N x 3 x 3
+            mat = _constant(_YIQ_TO_RGB, dt, dev) @ rot @ _constant(_RGB_TO_YIQ, dt, dev)  # N x 3 x 3
             x = torch.einsum("nij,njhw->nihw", mat, x).clamp_(0, 1)
         return x
 
@@ -292,6 +325,8 @@ class BatchAugment(nn.Module):
         if n == 0:
             return x.new_zeros(0, c, self.size, self.size)
         p = self.sample_params(n, c, h, w, generator)
+        if x.device.type != "cpu":
+            p = params_to_device(p, x.device)
         x = self.crop(x, p["box"], p["flip"])
         x = self.colour(x, p)
         if self.mean is not None:
@@ -306,6 +341,23 @@ class BatchAugment(nn.Module):
                 x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
             return x
         return plain_transform(x, self.mean, self.std, self.size)
+
+
+#: The order of the columns of :func:`params_to_device`'s packed tensor after the box's four.
+_PACKED = ("flip", "grey", "brightness", "contrast", "saturation", "hue")
+
+
+def params_to_device(p: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch's random parameters (:meth:`BatchAugment.sample_params`) on ``device`` in one copy that the
+    host does not wait for: packed as float32 columns (box, then :data:`_PACKED`; the flags as 0 / 1, read
+    back exactly), instead of one waiting copy per parameter."""
+    packed = torch.cat([p["box"].float(), torch.stack([p[k].float() for k in _PACKED], dim=1)], dim=1)
+    packed = to_device_async(packed, device)
+    out = {"box": packed[:, :4]}
+    for i, key in enumerate(_PACKED):
+        column = packed[:, 4 + i]
+        out[key] = column > 0.5 if p[key].dtype == torch.bool else column
+    return out
 
 
 def folder_transform(train: bool, mean: Sequence[float], std: Sequence[float], size: int = 224):

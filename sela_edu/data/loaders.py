@@ -2,6 +2,12 @@
 
 :class:`TensorLoader` gathers in-memory batches by index and augments them as a batch on the training
 device; :class:`FolderLoader` decodes image files in ``DataLoader`` workers with per-image transforms.
+
+On a GPU, :class:`TensorLoader` keeps the whole set there as uint8 (one copy per loader, made at its first
+epoch), copies each epoch's order once, and gathers, converts, augments and normalises every batch there:
+nothing of a batch comes from the host but its few random augmentation parameters (one non-blocking copy),
+and nothing in it makes the host wait for the GPU. ``index`` and ``targets`` stay on the host (``index``
+pinned on CUDA, so that moving it to the GPU does not wait either).
 """
 
 from __future__ import annotations
@@ -105,21 +111,34 @@ class TensorLoader(Loader):
         super().__init__(data, batch_size, **kw)
         self.augment = augment
         self._images: torch.Tensor | None = None
+        self._images_for: torch.device | None = None
 
     def _device_images(self) -> torch.Tensor:
         # Small sets fit on a GPU whole (CIFAR's 50k images are 150 MB of uint8): copy once, gather there.
-        if self._images is None or self._images.device != self.device:
+        # Kept per asked-for device: torch.device("cuda") != the copy's "cuda:0", which would copy every epoch.
+        if self._images is None or self._images_for != self.device:
             self._images = self.data.images.to(self.device)
+            self._images_for = self.device
         return self._images
+
+    def _epoch_order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This epoch's positions on the host (what the batches' ``index`` is cut from) and on the device
+        (what the images are gathered with): one copy per epoch, never one per batch. On CUDA the host
+        copy is pinned, so that a consumer's ``index.to(device, non_blocking=True)`` does not wait."""
+        order = self.indices()
+        if self.device.type != "cuda":
+            return order, order.to(self.device)
+        order = order.pin_memory()
+        return order, order.to(self.device, non_blocking=True)
 
     def __iter__(self):
         images = self._device_images()
         targets = self.data.targets
-        order = self.indices()
+        order, device_order = self._epoch_order()
         g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.rank))
         for b in range(len(self)):
             index = order[b * self.batch_size:(b + 1) * self.batch_size]
-            x = images[index.to(self.device)]
+            x = images[device_order[b * self.batch_size:(b + 1) * self.batch_size]]
             if self.train:
                 x = self.augment(x, generator=g)
             else:

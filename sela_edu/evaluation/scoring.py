@@ -16,6 +16,10 @@ calls this function, so "how an image is scored" is decided in one place:
 * **where to**: float32 CPU matrices (one row per image), and/or streamed into the label step's
   :class:`~sela_edu.labelling.ScoreBuffer` s (``into={head: buffer}``), which never hold a copy of the
   scores in memory.
+
+On a GPU the pass does not wait for the device batch by batch: rows go to the host by non-blocking copies
+(pinned memory), read after one synchronisation at the end; batches run under the model's memory format
+(channels-last when its weights are) and, with ``amp``, under autocast.
 """
 
 from __future__ import annotations
@@ -138,11 +142,30 @@ def _forward(model: nn.Module, x: torch.Tensor, names: list[str], need_heads: bo
     return out
 
 
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """``t`` on the host. From a GPU without waiting (into pinned memory): the values are read only after
+    the one synchronisation at the end of the pass."""
+    if t.device.type == "cuda":
+        return t.to("cpu", non_blocking=True)
+    return t.cpu()
+
+
 def _as_rows(name: str, value) -> torch.Tensor:
     if isinstance(value, (list, tuple)):
         raise ValueError(f"output {name!r} returned a list (several heads); ask for 'heads', or pass a model "
                          "with a `features` method, or a module that returns one tensor")
-    return value.detach().float().reshape(value.shape[0], -1).cpu()
+    return _to_host(value.detach().float().reshape(value.shape[0], -1))
+
+
+def _channels_last(net: nn.Module, device: torch.device) -> bool:
+    """Whether batches should go in channels-last on ``device``: on a GPU, for a network whose weights are
+    (``channels_last``), so that the scoring passes run in the training step's memory format. (On the CPU
+    batches are left as they come: the CPU's arithmetic stays what it was.)"""
+    if device.type == "cpu":
+        return False
+    weight = next((p for p in net.parameters() if p.ndim == 4), None)
+    return (weight is not None and weight.is_contiguous(memory_format=torch.channels_last)
+            and not weight.is_contiguous())
 
 
 def _data_order(index: torch.Tensor) -> torch.Tensor:
@@ -201,13 +224,17 @@ def score_dataset(model: nn.Module, data, *, outputs: str | Sequence[str] = ("he
     counts, targets, indices = [], [], []
     use_amp = (amp is True or isinstance(amp, torch.dtype)) and device.type == "cuda"
     amp_dtype = amp if isinstance(amp, torch.dtype) else torch.float16
+    channels_last = _channels_last(net, device)
     was_training = net.training
     net.train(train_mode)
     try:
         for batch in tqdm(batches, total=total, disable=not progress, desc="scoring", leave=False):
             x, y, idx = _split_batch(batch)
+            x = x.to(device, non_blocking=True)
+            if channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                out = _forward(net, x.to(device, non_blocking=True), names, "heads" in names or bool(into))
+                out = _forward(net, x, names, "heads" in names or bool(into))
             out.update(captured)
             for head, buffer in into.items():
                 if not 0 <= head < len(out["heads"]):
@@ -215,10 +242,13 @@ def score_dataset(model: nn.Module, data, *, outputs: str | Sequence[str] = ("he
                 buffer.add(out["heads"][head])
             for name in names:
                 value = out[name]
-                rows[name].append([s.float().cpu() for s in value] if name == "heads" else _as_rows(name, value))
+                rows[name].append([_to_host(s.float()) for s in value] if name == "heads"
+                                  else _as_rows(name, value))
             counts.append(x.shape[0])
-            targets.append(None if y is None else torch.as_tensor(y).long().cpu())
-            indices.append(None if idx is None else torch.as_tensor(idx).long().cpu())
+            targets.append(None if y is None else _to_host(torch.as_tensor(y).long()))
+            indices.append(None if idx is None else _to_host(torch.as_tensor(idx).long()))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the pass's one wait: every non-blocking copy to the host has landed
     finally:
         net.train(was_training)
         for hook in hooks:

@@ -26,7 +26,9 @@ STORAGE_DTYPE_BY_NAME = {str(dtype).removeprefix("torch."): dtype for dtype in S
 #: Config fields that may change between a run and its resumption: they do not change what is trained
 #: (where it runs, how it is watched), so a checkpoint written under other values resumes exactly.
 RESUMABLE_CHANGES = ("epochs", "checkpoint_dir", "device", "num_workers", "eval_every", "knn_k", "knn_pca",
-                     "channels_last")
+                     "channels_last", "compile")
+#: ``compile``'s mode names (:func:`torch.compile`'s ``mode``); True is torch's default mode.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 AMP_DTYPES = ("float16", "bfloat16")
 #: Old field name -> new. The label step's options were named after Sinkhorn-Knopp, which it runs only with
 #: ``method="sinkhorn"`` (by default L-BFGS, then Newton): the old names are accepted, with a
@@ -110,6 +112,11 @@ class TrainConfig:
         amp_dtype: "float16" or "bfloat16", the autocast dtype of ``amp``.
         channels_last: the network's weights and batches in channels-last memory format (NHWC), which
             tensor cores prefer; the same arithmetic, so a run may resume with it switched.
+        compile: train through :func:`torch.compile` (False by default): True, or a mode of
+            ``COMPILE_MODES`` ("reduce-overhead" also captures CUDA graphs, for small networks whose steps
+            are bound by kernel launches). It pays on a GPU; the first steps wait for the compiler. Fused
+            kernels round differently, so a run may resume with it switched, as the same recipe but not
+            bit for bit.
         seed: seeds model init, initial labels, shuffling and augmentation.
         checkpoint_dir: folder for last.pt / prev.pt (None: no checkpoints, no resuming).
         eval_every: with ``eval_data``, weighted-kNN accuracy every this many epochs (0: never).
@@ -187,6 +194,7 @@ class TrainConfig:
     rotation: bool = False
     head_temperature: float | None = None
     reinit_heads: bool | None = None
+    compile: bool | str = False
 
     def __post_init__(self) -> None:
         if isinstance(self.num_clusters, tuple):
@@ -219,6 +227,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.amp_dtype not in AMP_DTYPES:
             raise ValueError(f"unknown amp_dtype {self.amp_dtype!r}; choose one of {AMP_DTYPES}")
+        if not isinstance(self.compile, bool) and self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be True, False or a mode of {COMPILE_MODES}, got {self.compile!r}")
         if self.reinit_heads is not None and not isinstance(self.reinit_heads, bool):
             raise ValueError(f"reinit_heads must be None, True or False, got {self.reinit_heads!r}")
         self.cluster_list()  # validates num_clusters against num_heads
@@ -259,4 +269,4 @@ class TrainConfig:
 
 
 __all__ = ["TrainConfig", "clusters_per_head", "AMP_DTYPES", "METHODS", "SCHEDULES", "SCORE_MODES", "RELABEL_HEADS",
-           "STORAGE_DTYPE_BY_NAME", "RESUMABLE_CHANGES", "RENAMED_FIELDS", "upgrade_field_names"]
+           "STORAGE_DTYPE_BY_NAME", "RESUMABLE_CHANGES", "COMPILE_MODES", "RENAMED_FIELDS", "upgrade_field_names"]

@@ -43,10 +43,18 @@ rank holds all N)::
 
 ``batch_size`` is per process, as with DistributedDataParallel in general. Only rank 0 writes
 checkpoints and shows progress bars; the callback runs on every rank.
+
+On a GPU the SGD step never makes the host wait for the device: in-memory images live there as uint8 and
+are gathered, augmented and normalised there (:class:`~sela_edu.data.loaders.TensorLoader`); the loss sum
+stays there and is read once per epoch (which is also when a non-finite loss is caught, naming the
+epoch); the progress bar shows the latest loss that has already reached the host. (A float16 GradScaler
+reads one flag per step to skip overflowing steps: ``amp_dtype="bfloat16"`` needs none.)
+``compile=True`` (or a mode name) trains through :func:`torch.compile`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -138,6 +146,7 @@ def train(config: TrainConfig, data=None, *, eval_data=None, callback: Callable[
     if s.world > 1:
         s.net = nn.parallel.DistributedDataParallel(
             s.model, device_ids=[s.device.index] if s.device.type == "cuda" else None)
+    s.net = compiled(s.net, config.compile)
     loop.last_results = None
     try:
         while loop.epoch < config.epochs:
@@ -180,6 +189,7 @@ def train_epoch(s: RunSetup, loop: LoopState) -> dict:
     loss_sum = torch.zeros((), dtype=torch.float64, device=s.device)
     rotation_correct = torch.zeros((), dtype=torch.float64, device=s.device)
     bar = progress_bar(s.loader, s.show, f"epoch {loop.epoch + 1}/{config.epochs}", total=s.steps_per_epoch)
+    shown_loss = HostValue(s.device)
     for x, _, index in bar:
         while loop.position < len(loop.schedule) and loop.schedule[loop.position] <= loop.step:
             part, rows, step_changes = label_step(s, loop)
@@ -200,12 +210,16 @@ def train_epoch(s: RunSetup, loop: LoopState) -> dict:
         rotation_correct += correct
         batches += 1
         loop.step += 1
-        # Checked every 50 steps, not every step: reading a GPU value waits for the GPU.
-        if (batches % 50 == 0 or batches == s.steps_per_epoch) and not torch.isfinite(loss_sum):
-            raise FloatingPointError(f"the loss became {loss_sum.item()} by step {loop.step} (epoch {loop.epoch + 1}); "
-                                     "lower lr, or check the data")
-        if s.show and batches % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}", **({"labels": health} if health else {}))
+        if s.show and batches % 10 == 0:  # the latest loss that has reached the host: the bar never waits
+            shown = shown_loss.update(loss)
+            bar.set_postfix(**({"loss": f"{shown:.3f}"} if shown is not None else {}),
+                            **({"labels": health} if health else {}))
+    # The epoch's one read of its losses: nothing inside the step waits for the GPU (a non-finite loss
+    # is therefore caught here, at the end of its epoch, not at its step).
+    loss_total = loss_sum.item()
+    if not math.isfinite(loss_total):
+        raise FloatingPointError(f"the loss became {loss_total} in epoch {loop.epoch + 1} (steps "
+                                 f"{loop.step - batches + 1} to {loop.step}); lower lr, or check the data")
     s.scheduler.step()
     loop.epoch += 1
     with torch.no_grad():
@@ -215,13 +229,53 @@ def train_epoch(s: RunSetup, loop: LoopState) -> dict:
     timing["seconds"] = seconds
     timing["train_seconds"] = seconds - timing["relabel_seconds"]
     timing["images_per_second"] = batches * config.batch_size * s.world / max(timing["train_seconds"], 1e-9)
-    loss = dist_utils.all_reduce_mean(loss_sum.item() / max(batches, 1))
+    loss = dist_utils.all_reduce_mean(loss_total / max(batches, 1))
     record = epoch_record(loop.epoch, loop.step, loss, s.optimizer.param_groups[0]["lr"], changes,
                            loop.labels.cpu(), s.ks, s.targets, timing, relabels_now)
     record["label_steps"] = label_rows
     if config.rotation:  # of this rank's views: enough to watch it learn
         record["rotation_accuracy"] = rotation_correct.item() / max(4 * batches * config.batch_size, 1)
     return record
+
+
+class HostValue:
+    """A scalar of the device read on the host without waiting for the device (the progress bar's loss).
+
+    On CUDA, :meth:`update` starts a non-blocking copy into pinned memory and returns the value of the
+    last copy that has landed (None before the first); elsewhere it returns the value at once."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.value: float | None = None
+        self._host = torch.zeros((), dtype=torch.float32, pin_memory=True) if self.cuda else None
+        self._copied = None  # the CUDA event after the copy in flight
+
+    def update(self, value: torch.Tensor) -> float | None:
+        if not self.cuda:
+            self.value = float(value)
+            return self.value
+        if self._copied is not None:
+            if not self._copied.query():
+                return self.value
+            self.value = float(self._host)  # landed: a host tensor, read without the device
+        self._host.copy_(value.detach().float(), non_blocking=True)
+        self._copied = torch.cuda.Event()
+        self._copied.record()
+        return self.value
+
+
+def compiled(net: nn.Module, how: bool | str) -> nn.Module:
+    """``net`` under :func:`torch.compile` (``how``: True, or the name of a compile mode such as
+    "reduce-overhead", which also captures CUDA graphs); ``net`` itself, with a warning, where torch has
+    no compiler. Only the training step runs the compiled module: the scoring passes, the checkpoints and
+    the result read the plain model (:func:`sela_edu.models.unwrap` looks through the wrapper)."""
+    if not how:
+        return net
+    if not hasattr(torch, "compile"):
+        warnings.warn("compile=True needs torch.compile (torch >= 2.0): training uncompiled", RuntimeWarning,
+                      stacklevel=3)
+        return net
+    return torch.compile(net, **({} if how is True else {"mode": how}))
 
 
 def kept_buffers(s: RunSetup, loop: LoopState) -> dict | None:
@@ -238,7 +292,7 @@ def sgd_step(s: RunSetup, labels: torch.Tensor, x: torch.Tensor, index: torch.Te
 
     ``keep`` (head -> ScoreBuffer, score mode "training"): the heads' outputs of the upright views are kept
     there at the images' rows, in float32 (the buffer's), for the next label step."""
-    index = index.to(s.device)
+    index = index.to(s.device, non_blocking=True)  # the loaders' index is pinned on CUDA: no wait
     n = x.shape[0]
     if s.config.channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
