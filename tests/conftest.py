@@ -1,6 +1,13 @@
 """Fixtures shared by the test modules."""
 
+import os
 import socket
+
+# Without a GPU the kit's Triton kernels run only under triton's interpreter, which must be chosen before
+# triton is first imported (some test module collected earlier imports it): choose it here, before any.
+# On a GPU machine the kernels compile, and tests/test_cuda.py runs them on the device.
+if "TRITON_INTERPRET" not in os.environ and not os.path.exists("/dev/nvidiactl"):
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest
 import torch
