@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sela_edu.labelling import ScoreBuffer, self_label  # noqa: E402
+from sela_edu.training.runtime import sync  # noqa: E402
 
 # synthetic_scores is calibrated at lambda 10 (benchmarks/scores); at lambda 25 scores are scaled by 10 / 25
 CALIBRATION_LAM = 10.0
@@ -64,11 +65,6 @@ def device_synthetic_scores(n: int, k: int, *, device="cuda", seed: int = 0, lam
     return out
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def label_step(scores: torch.Tensor, lam: float, storage: str):
     """Scores on their device -> labels there: a ScoreBuffer in ``storage`` filled from them, self_label."""
     buf = ScoreBuffer(scores.shape[0], scores.shape[1], lam, storage_dtype=DTYPES[storage], device=scores.device,
@@ -81,11 +77,11 @@ def label_step(scores: torch.Tensor, lam: float, storage: str):
 
 
 def timed_label_step(scores: torch.Tensor, lam: float, storage: str):
-    _sync(scores.device)
+    sync(scores.device)
     t0 = time.perf_counter()
     buf, result = label_step(scores, lam, storage)
     result.labels.sum().item()          # the labels exist on the device
-    _sync(scores.device)
+    sync(scores.device)
     return time.perf_counter() - t0, buf, result
 
 
@@ -108,10 +104,10 @@ def one_pass_seconds(buf: ScoreBuffer, device: torch.device) -> float | None:
         _kernels.fused_pass(P, E, buf.segment_stops, w, backend)
         best = float("inf")
         for _ in range(3):
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             _kernels.fused_pass(P, E, buf.segment_stops, w, backend)
-            _sync(device)
+            sync(device)
             best = min(best, time.perf_counter() - t0)
         print(f"  ({buf.storage.dtype} P: one pass timed alone on the {backend} backend)")
         return best
@@ -127,7 +123,7 @@ def run(args) -> dict:
         bandwidth = json.loads(Path(args.bandwidth).read_text())["gbps"]
     t0 = time.perf_counter()
     scores = device_synthetic_scores(args.n, args.k, device=device, seed=args.seed, lam=args.lam)
-    _sync(device)
+    sync(device)
     gen_seconds = time.perf_counter() - t0
     print(f"scores {args.n} x {args.k} (float32, {scores.numel() * 4 / 1e9:.1f} GB) generated on {device} in "
           f"{gen_seconds:.2f} s; lambda {args.lam:g}; device bandwidth "
@@ -176,24 +172,34 @@ def run(args) -> dict:
     return report
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def problem_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of the GPU check's label-step benchmarks: the device and the problem (N x K, lambda, seed)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--n", type=int, default=1_280_000)
     parser.add_argument("--k", type=int, default=3000)
     parser.add_argument("--lam", type=float, default=25.0)
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def write_report(report: dict, path: str | None) -> dict:
+    """``report`` written as JSON to ``path`` (when given), for the GPU check's closing table; returned."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main(argv=None) -> dict:
+    parser = problem_parser(__doc__)
     parser.add_argument("--storages", default="float32,bfloat16")
     parser.add_argument("--agree-rows", type=int, default=128_000,
                         help="rows of the subsample solved on the CPU too (0: no comparison)")
     parser.add_argument("--bandwidth", default=None, help="device_bandwidth.py's JSON (the floor)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    report = run(args)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    return report
+    return write_report(run(args), args.json)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ generated on the device) in float32 storage, and the share of equal labels is pr
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 import warnings
@@ -29,7 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gpu_label_step import _sync, device_synthetic_scores, timed_label_step  # noqa: E402
+from gpu_label_step import device_synthetic_scores, problem_parser, timed_label_step, write_report  # noqa: E402
+
+from sela_edu.training.runtime import sync  # noqa: E402
 
 
 def official_self_label_torch(scores: torch.Tensor, lam: float, *, tol: float = 0.1, check_every: int = 10,
@@ -45,7 +45,7 @@ def official_self_label_torch(scores: torch.Tensor, lam: float, *, tol: float = 
         x = torch.log_softmax(scores[start:start + block].to(dtype), dim=1).mul_(lam).exp_()
         P[:, start:start + x.shape[0]] = x.T
         del x
-    _sync(device)
+    sync(device)
     form_seconds = time.perf_counter() - t0
     inv_k, inv_n = 1.0 / k, 1.0 / n
     r = torch.full((k,), inv_k, dtype=dtype, device=device)
@@ -64,12 +64,12 @@ def official_self_label_torch(scores: torch.Tensor, lam: float, *, tol: float = 
         if it % check_every == 1 and budget is not None and time.perf_counter() - t0 > budget:
             stopped_by_budget = True
             break
-    _sync(device)
+    sync(device)
     loop_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
     P.mul_(r[:, None])
     labels = P.argmax(dim=0)
-    _sync(device)
+    sync(device)
     argmax_seconds = time.perf_counter() - t1
     del P
     return {"labels": labels, "iterations": it, "error": err, "converged": err < tol,
@@ -81,7 +81,7 @@ def official_self_label_torch(scores: torch.Tensor, lam: float, *, tol: float = 
 def run(args) -> dict:
     device = torch.device(args.device)
     scores = device_synthetic_scores(args.n, args.k, device=device, seed=args.seed, lam=args.lam)
-    _sync(device)
+    sync(device)
     seconds, buf, kit = timed_label_step(scores, args.lam, args.kit_storage)
     del buf
     if device.type == "cuda":
@@ -114,22 +114,13 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--n", type=int, default=1_280_000)
-    parser.add_argument("--k", type=int, default=3000)
-    parser.add_argument("--lam", type=float, default=25.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = problem_parser(__doc__)
     parser.add_argument("--tol", type=float, default=0.1, help="the official stopping rule's threshold")
     parser.add_argument("--budget", type=float, default=40.0, help="seconds of official iterations at most")
     parser.add_argument("--kit-storage", default="float32")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    report = run(args)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    return report
+    return write_report(run(args), args.json)
 
 
 if __name__ == "__main__":
