@@ -68,13 +68,17 @@ class MultiHeadNet(nn.Module):
         head_temperature: None for plain linear heads (the paper's); a number T for cosine heads, whose
             scores are the cosine between the feature and each cluster's weight vector, divided by T
             (SwAV's prototypes; the bias is not used).
+        projection: None, or the MLP between the features and the heads of SwAV and its kin (Linear,
+            BatchNorm, ReLU, Linear to ``projection_dim``): the heads then read its L2-normalised output,
+            :meth:`embedding` (cosine heads only).
         feature_dim: width of the feature vector (what kNN and the linear probe evaluate).
         arch, in_channels, image_size: how the model was built (``build_kwargs`` rebuilds it).
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_heads: int = 1,
                  num_clusters: ClusterSpec = 10, *, build_kwargs: dict | None = None,
-                 head_temperature: float | None = None):
+                 head_temperature: float | None = None, projection_dim: int | None = None,
+                 projection_hidden: int | None = None):
         super().__init__()
         self.backbone = backbone
         self.feature_dim = int(feature_dim)
@@ -82,6 +86,15 @@ class MultiHeadNet(nn.Module):
         self.head_temperature = check_head_temperature(head_temperature)
         if head_temperature is not None:
             self.build_kwargs["head_temperature"] = float(head_temperature)
+        self.projection: nn.Module | None = None
+        self.head_dim = self.feature_dim
+        if projection_dim is not None:
+            if self.head_temperature is None:
+                raise ValueError("a projection head feeds cosine heads (SwAV's prototypes): set head_temperature")
+            self.projection = _projection(self.feature_dim, projection_hidden or self.feature_dim, projection_dim)
+            self.head_dim = int(projection_dim)
+            self.build_kwargs.update(projection_dim=int(projection_dim),
+                                     projection_hidden=int(projection_hidden or self.feature_dim))
         self.heads = nn.ModuleList()
         self.rotation_head: nn.Linear | None = None
         self.reset_heads(num_heads, num_clusters)
@@ -113,10 +126,14 @@ class MultiHeadNet(nn.Module):
             x = layer(x)
         return x.flatten(1)
 
-    def forward(self, x: torch.Tensor, rotation: bool = False) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, rotation: bool = False, embedding: bool = False):
         """One ``N x K_j`` score tensor (logits, before softmax) per head; with ``rotation=True`` the
-        logits of the rotation head (:meth:`add_rotation_head`) follow as the last entry."""
+        logits of the rotation head (:meth:`add_rotation_head`) follow as the last entry. With
+        ``embedding=True``: the pair (that list, :meth:`embedding` of the batch)."""
         feats = self.features(x)
+        if embedding:
+            unit = self.embedding(feats)
+            return self.head_scores(unit, unit=True), unit
         out = self.head_scores(feats)
         if rotation:
             if self.rotation_head is None:
@@ -124,12 +141,22 @@ class MultiHeadNet(nn.Module):
             out.append(self.rotation_head(feats))
         return out
 
-    def head_scores(self, feats: torch.Tensor) -> list[torch.Tensor]:
-        """Every head's scores for a batch of :meth:`features`."""
+    def embedding(self, feats: torch.Tensor) -> torch.Tensor:
+        """The L2-normalised vector the cosine heads read: the projection of ``feats`` (or ``feats``)."""
+        feats = feats.flatten(1)
+        return F.normalize(self.projection(feats) if self.projection is not None else feats, dim=1)
+
+    def head_scores(self, feats: torch.Tensor, unit: bool = False) -> list[torch.Tensor]:
+        """Every head's scores for a batch of :meth:`features` (``unit=True``: of :meth:`embedding`)."""
         if self.head_temperature is None:
             return [head(feats) for head in self.heads]
-        unit = F.normalize(feats.flatten(1), dim=1)
-        return [F.linear(unit, F.normalize(head.weight, dim=1)) / self.head_temperature for head in self.heads]
+        if not unit:
+            feats = self.embedding(feats)
+        return [F.linear(feats, self.prototypes(h)) / self.head_temperature for h in range(len(self.heads))]
+
+    def prototypes(self, head: int) -> torch.Tensor:
+        """Head ``head``'s K x d unit weight vectors (cosine heads): SwAV's prototypes."""
+        return F.normalize(self.heads[head].weight, dim=1)
 
     def add_rotation_head(self) -> None:
         """Add the 4-way rotation classifier of SeLa + Rot (0, 90, 180 or 270 degrees), beside the heads."""
@@ -147,7 +174,7 @@ class MultiHeadNet(nn.Module):
         ref = next(self.backbone.parameters(), None)
         heads = []
         for k in ks:
-            head = nn.Linear(self.feature_dim, k)
+            head = nn.Linear(self.head_dim, k)
             init_head(head)
             if ref is not None:
                 head = head.to(device=ref.device, dtype=ref.dtype)
@@ -157,6 +184,29 @@ class MultiHeadNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"feature_dim={self.feature_dim}, num_heads={self.num_heads}, num_clusters={self.num_clusters}"
+
+
+def _projection(features: int, hidden: int, out: int) -> nn.Sequential:
+    """SwAV's projection head: Linear, BatchNorm, ReLU, Linear (hidden 2048, out 128 for a ResNet-50)."""
+    for name, value in (("projection_hidden", hidden), ("projection_dim", out)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return nn.Sequential(nn.Linear(features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, out))
+
+
+class FlattenAt(nn.Flatten):
+    """Flatten a map of ``side`` x ``side``; another side (a multi-crop's small crop) is first average-pooled
+    to it, so that one fully connected layer reads every crop size. No parameters: a drop-in for Flatten."""
+
+    def __init__(self, side: int) -> None:
+        super().__init__()
+        self.side = int(side)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4 and tuple(x.shape[-2:]) != (self.side, self.side):
+            x = F.adaptive_avg_pool2d(x, self.side)
+        return super().forward(x)
 
 
 def check_head_temperature(value) -> float | None:
@@ -281,7 +331,7 @@ def _smallcnn(in_channels: int, image_size: int) -> tuple[nn.Module, int]:
         *_conv_bn_relu(in_channels, 32, 3, stride=strides[0], padding=1),
         *_conv_bn_relu(32, 64, 3, stride=strides[1], padding=1),
         *_conv_bn_relu(64, 128, 3, stride=strides[2], padding=1),
-        nn.Flatten(),
+        FlattenAt(side),
         nn.Linear(128 * side * side, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True),
     )
     return backbone, 256
@@ -295,7 +345,7 @@ def _feature_mlp(in_features: int) -> tuple[nn.Module, int]:
 
 
 def _build_feature_model(arch: str, num_heads: int, num_clusters: ClusterSpec, in_features, small_stem,
-                         rotation: bool, head_temperature: float | None) -> MultiHeadNet:
+                         rotation: bool, head_temperature: float | None, projection: dict) -> MultiHeadNet:
     """build_model for the architectures that read feature vectors (``FEATURE_ARCHS``)."""
     if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
         raise ValueError(f"{arch!r} reads feature vectors: in_features must be their length, a positive "
@@ -308,7 +358,7 @@ def _build_feature_model(arch: str, num_heads: int, num_clusters: ClusterSpec, i
     check_head_temperature(head_temperature)
     backbone, dim = _feature_mlp(in_features)
     model = MultiHeadNet(backbone, dim, num_heads, num_clusters, build_kwargs=dict(arch=arch, in_features=in_features),
-                         head_temperature=head_temperature)
+                         head_temperature=head_temperature, **projection)
     model.arch, model.in_channels, model.image_size = arch, None, None
     return model
 
@@ -331,7 +381,8 @@ def _resnet(arch: str, in_channels: int, small_stem: bool) -> tuple[nn.Module, i
 
 def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10, in_channels: int = 3,
                 image_size: int = 32, small_stem: bool | None = None, rotation: bool = False,
-                head_temperature: float | None = None, in_features: int | None = None) -> MultiHeadNet:
+                head_temperature: float | None = None, in_features: int | None = None,
+                projection_dim: int | None = None, projection_hidden: int | None = None) -> MultiHeadNet:
     """Build a :class:`MultiHeadNet` with ``num_heads`` heads of ``num_clusters`` clusters.
 
     Args:
@@ -346,6 +397,8 @@ def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10
         head_temperature: None for linear heads; T for cosine heads (see :class:`MultiHeadNet`).
         in_features: ``FEATURE_ARCHS`` only, and required there: the length of the feature vectors they
             read (``in_channels`` and ``image_size`` are then unused).
+        projection_dim, projection_hidden: a projection head between features and (cosine) heads, of
+            this output width and hidden width (default: the feature width); see :class:`MultiHeadNet`.
 
     Raises:
         ValueError: unknown ``arch``, an image too small for it, ``small_stem=True`` for a non-ResNet,
@@ -354,9 +407,10 @@ def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+    projection = dict(projection_dim=projection_dim, projection_hidden=projection_hidden)
     if arch in FEATURE_ARCHS:
         return _build_feature_model(arch, num_heads, num_clusters, in_features, small_stem, rotation,
-                                    head_temperature)
+                                    head_temperature, projection)
     if in_features is not None:
         raise ValueError(f"in_features is for the architectures that read feature vectors {FEATURE_ARCHS}; "
                          f"{arch!r} reads images (in_channels, image_size)")
@@ -392,7 +446,7 @@ def build_model(arch: str, *, num_heads: int = 1, num_clusters: ClusterSpec = 10
     kwargs = dict(arch=arch, in_channels=in_channels, image_size=image_size,
                   small_stem=bool(small_stem) if is_resnet else None)
     model = MultiHeadNet(backbone, dim, num_heads, num_clusters, build_kwargs=kwargs,
-                         head_temperature=head_temperature)
+                         head_temperature=head_temperature, **projection)
     model.arch, model.in_channels, model.image_size = arch, in_channels, image_size
     if rotation:
         model.add_rotation_head()

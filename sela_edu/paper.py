@@ -1,7 +1,8 @@
 """The paper's figures and the official code's, as data, in one place: what the notebooks print beside
 their own numbers, what the ledger's claims and figures cite, and what the authors' models are checked
-against. Read from the paper's tables, the official repository's README and its ``cifar.py``; a figure
-that could not be read is None. Imports nothing, so every part of the kit may read it.
+against. Read from the paper's tables, the official repository's README and its ``cifar.py`` (and, for
+the SeLa-v2, DeepCluster-v2 and SwAV checkpoints, the facebookresearch/swav README); a figure that could
+not be read is None. Imports nothing, so every part of the kit may read it.
 """
 
 from __future__ import annotations
@@ -55,12 +56,29 @@ VOC: dict[str, float | None] = {
     "VOC12 segmentation mIoU (leaderboards, unverified)": 45.7,
 }
 
-#: The official README's table of the released models (ImageNet val; %).
+#: The official READMEs' tables of the released models (ImageNet val; %): SeLa's (yukimasano/self-label),
+#: then the SwAV repository's SeLa-v2, DeepCluster-v2 and SwAV ResNet-50s.
 RELEASED_MODELS: dict[str, dict[str, float]] = {
     "resnet50-10x3k": {"NMI": 54.2, "aNMI": 34.4, "ARI": 7.2, "linear probe top-1": 61.5},
     "resnet18-1k-pp": {"label accuracy": 26.9, "NMI": 62.7, "aNMI": 36.4, "ARI": 12.5, "linear probe top-1": 53.3},
     "resnet50-1k-pp": {"label accuracy": 30.5, "NMI": 65.7, "aNMI": 42.0, "ARI": 16.2, "linear probe top-1": 63.5},
     "resnet50-10x3k-pp": {"label accuracy": 38.1, "NMI": 75.7, "aNMI": 52.8, "ARI": 27.6, "linear probe top-1": 68.8},
+    # SwAV, DeepCluster-v2 and SeLa-v2 ResNet-50s (Caron et al. 2020): the "Model Zoo" table of the
+    # facebookresearch/swav README, column "ImageNet top-1 acc." (a linear classifier on frozen features,
+    # eval_linear.py). Epochs, batch size 4096 unless named, multi-crop as the name says (no suffix:
+    # 2x224 + 6x96 for SwAV and DeepCluster-v2 800ep, 2x160 + 4x96 for DeepCluster-v2 and SeLa-v2 400ep).
+    "swav-800ep": {"linear probe top-1": 75.3},
+    "swav-400ep": {"linear probe top-1": 74.6},
+    "swav-200ep": {"linear probe top-1": 73.9},
+    "swav-100ep": {"linear probe top-1": 72.1},
+    "swav-200ep-bs256": {"linear probe top-1": 72.7},
+    "swav-400ep-bs256": {"linear probe top-1": 74.3},
+    "swav-400ep-2x224": {"linear probe top-1": 70.1},
+    "deepcluster-v2-800ep": {"linear probe top-1": 75.2},
+    "deepcluster-v2-400ep": {"linear probe top-1": 74.3},
+    "deepcluster-v2-400ep-2x224": {"linear probe top-1": 70.2},
+    "sela-v2-400ep": {"linear probe top-1": 71.8},
+    "sela-v2-400ep-2x224": {"linear probe top-1": 67.2},
 }
 
 #: What the official CIFAR code (``cifar.py``) does, setting by setting (notebook 04's deviation table).
@@ -78,5 +96,18 @@ OFFICIAL_CIFAR: dict[str, str] = {
     "final kNN": "k = 10, sigma 0.1, 4096-d fc features after PCA to 128",
 }
 
+#: SeLa beside its successors: ImageNet linear top-1 (%) of ResNet-50 after 400 epochs, with multi-crop
+#: (SwAV 2 x 224 + 6 x 96; DeepCluster-v2 and SeLa-v2 2 x 160 + 4 x 96) and with two 224 px crops only
+#: (facebookresearch/swav README's model zoo), and the original SeLa's ResNet-50 (its README, 10 x 3000).
+SUCCESSORS: dict[str, dict[str, float]] = {
+    "swav": {"multi-crop": RELEASED_MODELS["swav-400ep"]["linear probe top-1"],
+             "2 crops": RELEASED_MODELS["swav-400ep-2x224"]["linear probe top-1"]},
+    "deepcluster-v2": {"multi-crop": RELEASED_MODELS["deepcluster-v2-400ep"]["linear probe top-1"],
+                       "2 crops": RELEASED_MODELS["deepcluster-v2-400ep-2x224"]["linear probe top-1"]},
+    "sela-v2": {"multi-crop": RELEASED_MODELS["sela-v2-400ep"]["linear probe top-1"],
+                "2 crops": RELEASED_MODELS["sela-v2-400ep-2x224"]["linear probe top-1"]},
+    "sela": {"multi-crop": RELEASED_MODELS["resnet50-10x3k"]["linear probe top-1"]},
+}
+
 __all__ = ["RESULTS", "IMBALANCE_COLUMNS", "IMBALANCE", "CLUSTERS", "LABEL_OPTIMISATIONS", "LABEL_TRANSFER", "VOC",
-           "RELEASED_MODELS", "OFFICIAL_CIFAR"]
+           "RELEASED_MODELS", "OFFICIAL_CIFAR", "SUCCESSORS"]

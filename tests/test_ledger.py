@@ -66,12 +66,13 @@ def test_a_claim_without_results_is_not_run():
 def test_claims_for_selects_by_number_and_names_unknown_ids():
     assert [c.id for c in claims_for(["2"])] == ["2a", "2b", "2c"]
     assert [c.id for c in claims_for(["2b"])] == ["2b"]
-    with pytest.raises(ValueError, match="'12'"):
-        claims_for(["12"])
+    assert [c.id for c in claims_for(["13"])] == ["13a", "13b"]
+    with pytest.raises(ValueError, match="'15'"):
+        claims_for(["15"])
 
 
 def test_every_issue_claim_is_in_the_ledger_with_its_paper_figure():
-    assert {c.number for c in CLAIMS} == set(range(1, 10))
+    assert {c.number for c in CLAIMS} == set(range(1, 15))   # the paper's 1-9, its successors' 10-14
     assert all(c.paper and c.source and c.measure in ledger.MEASURES for c in CLAIMS)
 
 
@@ -176,9 +177,21 @@ def test_smoke_ledger_runs_claims_end_to_end_on_digits(tmp_path):
     assert all(r["verdict"] in ledger.VERDICTS for r in rows), rows
 
 
+def test_smoke_ledger_runs_the_successors_claims_on_digits(tmp_path):
+    results = run_ledger("smoke", tmp_path, only=["13", "14"], progress=False, log=lambda s: None)
+    assert {r["setting"] for r in results.values()} == {"swav", "deepcluster-v2", "sela-v2"}
+    by_run = {name: r["measures"] for name, r in results.items()}
+    assert by_run["swav_s0"]["relabel_share"] == 0.0 < by_run["sela-v2_s0"]["relabel_share"]
+    assert by_run["sela-v2_s0"]["largest_cluster"] >= 1.0 and by_run["swav_s0"]["largest_cluster"] >= 1.0
+    stored = json.loads((tmp_path / "swav_s0.json").read_text())
+    assert stored["config"]["method"] == "swav" and stored["config"]["small_crop_size"] == 5   # 16 px of 28, at 8 px
+    rows = ledger_rows(results, claims_for(["13", "14"]))
+    assert all(r["verdict"] in ledger.VERDICTS for r in rows), rows
+
+
 def test_cli_ledger_names_an_unknown_claim_before_running(tmp_path, capsys):
     from sela_edu.cli import main
 
-    code = main(["ledger", "--profile", "smoke", "--out", str(tmp_path), "--only", "12"])
-    assert code != 0 and "'12'" in capsys.readouterr().err
+    code = main(["ledger", "--profile", "smoke", "--out", str(tmp_path), "--only", "15"])
+    assert code != 0 and "'15'" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())

@@ -10,6 +10,7 @@ import torchvision
 
 from sela_edu.apps import pretrained as pt
 from sela_edu.apps.pretrained.convert import without_data_parallel
+from sela_edu.apps.pretrained.registry import SWAV_URL, released_spec
 from sela_edu.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -338,7 +339,9 @@ def test_list_released_names_every_model_and_readme_figures():
     for name in pt.RELEASED:
         assert name in text
     assert "61.5" in text and "68.8" in text
-    assert all(spec.url.startswith(pt.ASSET_URL) for spec in pt.RELEASED.values())
+    # SeLa's own files on the VGG server; the SwAV repository's on dl.fbaipublicfiles.com
+    assert all(spec.url.startswith(pt.ASSET_URL if spec.layout != "swav" else SWAV_URL)
+               for spec in pt.RELEASED.values())
 
 
 def test_a_backbone_runs_heads_checkpoint_is_named_with_what_reads_it(tmp_path):
@@ -347,3 +350,163 @@ def test_a_backbone_runs_heads_checkpoint_is_named_with_what_reads_it(tmp_path):
     torch.save({"config": {"dataset": "fashion-mnist", "arch": "feature-mlp"}, "state_dict": heads.state_dict()}, path)
     with pytest.raises(pt.PretrainedError, match=r"last\.pt holds heads .*sela-edu assign"):
         pt.load_checkpoint_file(path)
+
+
+# --- the SwAV repository's ResNet-50s (SwAV, DeepCluster-v2, SeLa-v2): files written here in their layout ---
+
+#: registry name -> (file name, prototype sets, top-1 of the facebookresearch/swav README's Model Zoo)
+SWAV_FILES = {
+    "swav-800ep": ("swav_800ep_pretrain.pth.tar", 1, 75.3),
+    "swav-400ep": ("swav_400ep_pretrain.pth.tar", 1, 74.6),
+    "swav-200ep": ("swav_200ep_pretrain.pth.tar", 1, 73.9),
+    "swav-100ep": ("swav_100ep_pretrain.pth.tar", 1, 72.1),
+    "swav-200ep-bs256": ("swav_200ep_bs256_pretrain.pth.tar", 1, 72.7),
+    "swav-400ep-bs256": ("swav_400ep_bs256_pretrain.pth.tar", 1, 74.3),
+    "swav-400ep-2x224": ("swav_400ep_2x224_pretrain.pth.tar", 1, 70.1),
+    "deepcluster-v2-800ep": ("deepclusterv2_800ep_pretrain.pth.tar", 3, 75.2),
+    "deepcluster-v2-400ep": ("deepclusterv2_400ep_pretrain.pth.tar", 3, 74.3),
+    "deepcluster-v2-400ep-2x224": ("deepclusterv2_400ep_2x224_pretrain.pth.tar", 3, 70.2),
+    "sela-v2-400ep": ("selav2_400ep_pretrain.pth.tar", 1, 71.8),
+    "sela-v2-400ep-2x224": ("selav2_400ep_2x224_pretrain.pth.tar", 1, 67.2),
+}
+
+
+@pytest.fixture(scope="module")
+def swav_resnet50():
+    """A torchvision ResNet-50 (random weights, BatchNorm statistics made non-trivial) and a small MLP
+    projection head shaped like src/resnet50.py's (Linear, BatchNorm1d, ReLU, Linear)."""
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet50(weights=None).eval()
+    with torch.no_grad():
+        for m in tv.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    proj = torch.nn.Sequential(torch.nn.Linear(2048, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(),
+                               torch.nn.Linear(32, 16)).eval()
+    with torch.no_grad():
+        proj[1].running_mean.uniform_(-0.1, 0.1)
+    return tv, proj
+
+
+def _swav_state(tv, proj, sets: int = 1, k: int = 30, prefix: str = "module.") -> dict:
+    """What main_swav.py / main_deepclusterv2.py save: the DDP model's keys (``module.``), torchvision's
+    ResNet-50 without fc, ``projection_head.*`` and ``prototypes.weight`` (``prototypes.prototypes<i>.weight``
+    for several sets)."""
+    state = {prefix + key: v.clone() for key, v in tv.state_dict().items() if not key.startswith("fc.")}
+    state.update({f"{prefix}projection_head.{key}": v.clone() for key, v in proj.state_dict().items()})
+    g = torch.Generator().manual_seed(sets)
+    if sets == 1:
+        state[prefix + "prototypes.weight"] = torch.randn(k, 16, generator=g)
+    else:
+        for i in range(sets):
+            state[f"{prefix}prototypes.prototypes{i}.weight"] = torch.randn(k + i, 16, generator=g)
+    return state
+
+
+def _assert_backbone_is(pre, tv):
+    kit = pre.model.state_dict()
+    for key, value in tv.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(kit["backbone." + key], value), key
+
+
+@pytest.mark.parametrize("wrapped, sets, prefix", [(False, 1, "module."), (True, 3, "module."), (True, 1, "")])
+def test_swav_layout_file_keeps_the_backbone_and_the_prototypes_beside_it(tmp_path, swav_resnet50, wrapped, sets,
+                                                                          prefix):
+    tv, proj = swav_resnet50
+    state = _swav_state(tv, proj, sets=sets, prefix=prefix)
+    assert pt.detect_layout(without_data_parallel(state)) == "swav"
+    path = tmp_path / "swav_pretrain.pth.tar"
+    torch.save({"epoch": 400, "state_dict": state} if wrapped else state, path)
+    pre = pt.load_checkpoint_file(path)
+    assert pre.arch == "resnet50" and pre.layout == "swav" and pre.labels is None and pre.rotation_head is None
+    _assert_backbone_is(pre, tv)
+    assert pre.model.num_clusters == [2]  # the placeholder head: the prototypes read projections, not features
+    protos = [v for key, v in state.items() if "prototypes" in key]
+    assert pre.info["prototype_sizes"] == [p.shape[0] for p in protos]
+    assert all(torch.equal(a, b) for a, b in zip(pre.info["prototypes"], protos))
+    head = pre.info["projection_head"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = pre.model.features(x)
+        assert torch.allclose(feats, torch.flatten(torch.nn.Sequential(*list(tv.children())[:-1])(x), 1), atol=1e-5)
+        assert torch.allclose(head(feats), proj(feats), atol=1e-6)
+
+
+def test_swav_layout_without_extras_and_with_fc(swav_resnet50):
+    """A file with its projection head and prototypes dropped is torchvision's layout; read as "swav" (what
+    the registry asks) it loads the same; an fc, as in torchvision's layout, becomes the head."""
+    tv, _ = swav_resnet50
+    state = {"module." + k: v for k, v in tv.state_dict().items()}
+    assert pt.detect_layout(without_data_parallel(state)) == "torchvision"
+    model, info = pt.model_from_state_dict(state, "swav")
+    assert info["layout"] == "swav" and info["projection_head"] is None and info["prototypes"] == []
+    assert model.num_clusters == [1000] and torch.equal(model.heads[0].weight, tv.fc.weight)
+
+
+def test_bad_swav_files_name_the_path(tmp_path, swav_resnet50):
+    tv, proj = swav_resnet50
+    state = _swav_state(tv, proj)
+    state["module.prototypes.weight"] = torch.randn(30, 17)  # does not fit the 16-d projection
+    path = tmp_path / "swav_800ep_pretrain.pth.tar"
+    torch.save(state, path)
+    with pytest.raises(pt.PretrainedError, match=rf"{path.name}.*prototypes of width 17"):
+        pt.load_checkpoint_file(path)
+    state = _swav_state(tv, proj)
+    state["module.projection_head.0.weight"] = torch.randn(32, 1000)  # reads 1000-d features
+    torch.save(state, path)
+    with pytest.raises(pt.PretrainedError, match=rf"{path.name}.*projection head reads 1000-d"):
+        pt.load_checkpoint_file(path)
+    state = _swav_state(tv, proj)
+    state["module.prototypes.extra"] = torch.zeros(3)
+    torch.save(state, path)
+    with pytest.raises(pt.PretrainedError, match=rf"{path.name}.*unexpected prototype entry"):
+        pt.load_checkpoint_file(path)
+    torch.save(_swav_state(tv, proj), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(pt.PretrainedError, match=rf"{path.name}.*truncated or corrupt"):
+        pt.load_checkpoint_file(path)
+
+
+def test_swav_registry_entries_follow_the_swav_readme():
+    from sela_edu import paper
+
+    swav = {name: spec for name, spec in pt.RELEASED.items() if spec.layout == "swav"}
+    assert list(swav) == list(SWAV_FILES)
+    text = pt.list_released()
+    for name, (filename, sets, top1) in SWAV_FILES.items():
+        spec = pt.RELEASED[name]
+        assert spec.url == "https://dl.fbaipublicfiles.com/deepcluster/" + filename and spec.filename == filename
+        assert spec.arch == "resnet50" and not spec.in_archive and spec.sha256 is None
+        assert (spec.num_heads, spec.num_clusters) == (sets, 3000)
+        assert dict(spec.figures) == {"linear probe top-1": top1} == paper.RELEASED_MODELS[name]
+        assert "facebookresearch/swav" in spec.description
+        line = next(row for row in text.splitlines() if row.split()[0] == name)
+        assert f"linear probe top-1 {top1}" in line
+    assert released_spec("SeLa_v2_400ep").name == "sela-v2-400ep"
+
+
+@pytest.mark.parametrize("name", ["swav-800ep", "deepcluster-v2-400ep-2x224", "sela-v2-400ep"])
+def test_released_swav_models_load_from_the_cache(tmp_path, swav_resnet50, name):
+    tv, proj = swav_resnet50
+    filename, sets, _ = SWAV_FILES[name]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    torch.save(_swav_state(tv, proj, sets=sets), cache / filename)
+    pre = pt.load_released(name, cache=cache, offline=True, progress=False)
+    assert pre.spec.name == name and pre.layout == "swav" and pre.arch == "resnet50"
+    _assert_backbone_is(pre, tv)
+    assert len(pre.info["prototypes"]) == sets
+    assert (cache / (filename + ".sha256")).is_file()
+
+
+def test_offline_missing_swav_file_names_url_and_path(tmp_path):
+    cache = tmp_path / "cache"
+    for name in ("swav-400ep-2x224", "deepcluster-v2-800ep", "sela-v2-400ep-2x224"):
+        filename = SWAV_FILES[name][0]
+        with pytest.raises(FileNotFoundError) as err:
+            pt.load_released(name, cache=cache, offline=True)
+        text = str(err.value)
+        assert "https://dl.fbaipublicfiles.com/deepcluster/" + filename in text and str(cache / filename) in text

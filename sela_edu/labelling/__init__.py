@@ -16,15 +16,18 @@ argmax of row i of ``Q``. One module per job:
 * :mod:`._kernels`: the numba kernels that form and read ``P`` at memory speed;
 * :mod:`.checks`, :mod:`.allreduce`: input checks; the all-reduce of K-vectors between ranks;
 * :mod:`.reference`: :func:`reference_self_label`, the official code's algorithm in NumPy, to cross-check;
-* :mod:`.synthetic`: :func:`synthetic_scores`, benchmark scores shaped like a trained network's.
+* :mod:`.synthetic`: :func:`synthetic_scores`, benchmark scores shaped like a trained network's;
+* :mod:`.batch_codes`: :func:`batch_codes`, SwAV's label step: a few Sinkhorn-Knopp iterations on one batch.
 
 This package imports nothing else of the kit (a test holds the rule).
 """
 
+from sela_edu.labelling.batch_codes import batch_codes, code_balance
 from sela_edu.labelling.buffer import ScoreBuffer
 from sela_edu.labelling.reference import ReferenceResult, reference_self_label
 from sela_edu.labelling.semidual import marginal_error
 from sela_edu.labelling.solve import SelfLabelResult, self_label
 from sela_edu.labelling.synthetic import synthetic_scores
 
-__all__ = ["SelfLabelResult", "ScoreBuffer", "self_label", "ReferenceResult", "reference_self_label", "marginal_error", "synthetic_scores"]
+__all__ = ["SelfLabelResult", "ScoreBuffer", "self_label", "ReferenceResult", "reference_self_label", "marginal_error", "synthetic_scores",
+           "batch_codes", "code_balance"]

@@ -12,6 +12,7 @@ from torch import nn
 from sela_edu.settings import pick_device, seed_everything
 from sela_edu.training import torchrun as dist_utils
 from sela_edu.training.config import TrainConfig
+from sela_edu.training.methods import method_for
 from sela_edu.training.run_loaders import plain_loader, run_loader, training_augment
 from sela_edu.training.schedule import initial_labels, relabel_schedule, subset_indices
 from sela_edu.training.state import LoopState, RunSetup
@@ -41,12 +42,16 @@ def build_for_config(config: TrainConfig, data, num_clusters: list[int] | None =
                          "other arch")
     torch.manual_seed(config.seed)
     if isinstance(data, FeatureData):
+        if config.multi_crop():
+            raise ValueError("feature vectors cannot be cropped: multi-crop trains on images only")
         return build_model(config.arch, num_heads=len(ks), num_clusters=ks, in_features=data.feature_dim,
-                           rotation=config.rotation, head_temperature=config.head_temperature)
+                           rotation=config.rotation, head_temperature=config.head_temperature,
+                           projection_dim=config.projection_dim, projection_hidden=config.projection_hidden)
     size = config.image_size or data.image_size
     return build_model(resolve_arch(config.arch, size), num_heads=len(ks), num_clusters=ks,
                        in_channels=data.num_channels, image_size=size, rotation=config.rotation,
-                       head_temperature=config.head_temperature)
+                       head_temperature=config.head_temperature, projection_dim=config.projection_dim,
+                       projection_hidden=config.projection_hidden)
 
 
 def random_init_model(config: TrainConfig, data) -> nn.Module:
@@ -132,15 +137,16 @@ def build_run(config: TrainConfig, data, labels) -> tuple[RunSetup, LoopState]:
     else:
         score_loader = plain_loader(config, data, score_bs, device=device, seed=config.seed,
                                     distributed=world > 1)
-    relabels_on = config.method != "supervised"
-    schedule = relabel_schedule(config.epochs, config.nopts if relabels_on else 0, config.nopt_schedule, len(loader))
+    method = method_for(config)
+    schedule = relabel_schedule(config.epochs, config.nopts if method.label_step else 0, config.nopt_schedule, len(loader))
     start = fixed if fixed is not None else initial_labels(len(data), ks, config.seed)
     setup = RunSetup(config=config, data=data, ks=ks, targets=targets, subset=subset, device=device, use_amp=use_amp,
                    rank=rank, world=world, model=model, net=model, optimizer=optimizer, scheduler=scheduler,
                    scaler=torch.amp.GradScaler("cuda", enabled=use_amp and config.amp_dtype == "float16"),
                    loader=loader,
                    score_loader=score_loader, steps_per_epoch=len(loader),
-                   ckpt_dir=Path(config.checkpoint_dir) if config.checkpoint_dir else None, show=False)
+                   ckpt_dir=Path(config.checkpoint_dir) if config.checkpoint_dir else None, show=False,
+                   method=method)
     return setup, LoopState(labels=start.to(device), potentials=[None] * len(ks), schedule=schedule)
 
 

@@ -17,7 +17,9 @@ import numpy as np
 from sela_edu.labelling.buffer import STORAGE_TORCH_DTYPES
 from sela_edu.models import ARCHS, check_head_temperature, clusters_per_head
 
-METHODS = ("sela", "kmeans", "supervised")
+METHODS = ("sela", "kmeans", "supervised", "sela-v2", "deepcluster-v2", "swav")
+#: The methods of SwAV's paper (Caron et al., 2020), which score with normalised prototypes (cosine heads).
+PROTOTYPE_METHODS = ("sela-v2", "deepcluster-v2", "swav")
 SCHEDULES = ("even", "quadratic")
 SCORE_MODES = ("plain", "augmented", "training")
 RELABEL_HEADS = ("all", "round-robin")
@@ -27,6 +29,11 @@ STORAGE_DTYPE_BY_NAME = {str(dtype).removeprefix("torch."): dtype for dtype in S
 #: (where it runs, how it is watched), so a checkpoint written under other values resumes exactly.
 RESUMABLE_CHANGES = ("epochs", "checkpoint_dir", "device", "num_workers", "eval_every", "knn_k", "knn_pca",
                      "channels_last", "compile")
+#: Fields added after checkpoints were first written, each with the value a config without it meant (its
+#: default): a stored config that lacks one resumes, and a run that keeps it there keeps its folder name.
+ADDED_FIELDS = ("large_crops", "small_crops", "small_crop_size", "small_crop_scale", "large_crop_scale",
+                "projection_dim", "projection_hidden", "swav_epsilon", "swav_iterations", "queue_length",
+                "queue_start_epoch", "freeze_prototypes_steps", "kmeans_iters")
 #: ``compile``'s mode names (:func:`torch.compile`'s ``mode``); True is torch's default mode.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 AMP_DTYPES = ("float16", "bfloat16")
@@ -101,7 +108,11 @@ class TrainConfig:
             multiplied by ``lr_gamma`` at each epoch in ``lr_milestones`` (``lr_schedule="step"``) or
             decayed to zero along a cosine over the epochs (``lr_schedule="cosine"``). ``batch_size`` is
             per process.
-        method: "sela", "kmeans" or "supervised".
+        method: "sela", "kmeans" (DeepCluster's k-means labels) or "supervised"; or one of SwAV's paper
+            (:data:`PROTOTYPE_METHODS`, cosine heads: set ``head_temperature``): "sela-v2" (SeLa's label
+            step), "deepcluster-v2" (spherical k-means on a memory bank of the training pass's embeddings,
+            prototypes set to the centroids), "swav" (codes per batch, swapped prediction; no label step).
+            Their modules: :mod:`sela_edu.training.methods`.
         storage_dtype: dtype of the score buffers the solver reads ("float32", "float16" or "bfloat16").
         label_tol, label_max_iter: the label step's stopping rule (``tol`` and ``max_iter`` of
             :func:`~sela_edu.labelling.self_label`): every cluster's mass within ``label_tol`` of its target,
@@ -154,6 +165,19 @@ class TrainConfig:
             re-initialises, as DeepCluster, whose cluster ids mean nothing from one optimisation to the
             next; SeLa keeps its heads, whose scores made the labels). k-means with kept heads renames each
             clustering's ids to match the previous labels, so that every head keeps its cluster's id.
+        large_crops, small_crops, small_crop_size, small_crop_scale, large_crop_scale: multi-crop
+            (:class:`~sela_edu.data.multicrop.MultiCrop`): every image as ``large_crops`` crops of the training
+            augmentation (at ``large_crop_scale`` of the area; None: the data set's range) and ``small_crops``
+            of ``small_crop_size`` px at ``small_crop_scale`` (SwAV: 2 x 224 + 6 x 96 px, areas 14-100 % and
+            5-14 %). 1 and 0: one view, as the paper. Every view is trained on its image's label.
+        projection_dim, projection_hidden: an MLP projection head of this output (and hidden) width between
+            the features and the cosine heads (SwAV: 128 and 2048; None: the heads read the features).
+        swav_epsilon, swav_iterations: SwAV's batch codes (:func:`~sela_edu.labelling.batch_codes`): 0.05 and 3.
+        queue_length, queue_start_epoch: SwAV's queue of the large crops' recent embeddings, scored beside
+            the batch for its codes from epoch ``queue_start_epoch`` (0-based) once full (0: no queue).
+        freeze_prototypes_steps: the heads (prototypes) stay as initialised for the first this many steps
+            (SwAV 313, DeepCluster-v2 300,000: there the prototypes are the k-means centroids throughout).
+        kmeans_iters: the spherical k-means iterations of "deepcluster-v2" (10, as its code).
     """
 
     dataset: str = "digits"
@@ -195,11 +219,27 @@ class TrainConfig:
     head_temperature: float | None = None
     reinit_heads: bool | None = None
     compile: bool | str = False
+    large_crops: int = 1
+    small_crops: int = 0
+    small_crop_size: int | None = None
+    small_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.14])
+    large_crop_scale: list[float] | None = None
+    projection_dim: int | None = None
+    projection_hidden: int | None = None
+    swav_epsilon: float = 0.05
+    swav_iterations: int = 3
+    queue_length: int = 0
+    queue_start_epoch: int = 15
+    freeze_prototypes_steps: int = 0
+    kmeans_iters: int = 10
 
     def __post_init__(self) -> None:
         if isinstance(self.num_clusters, tuple):
             self.num_clusters = list(self.num_clusters)
         self.lr_milestones = [int(m) for m in self.lr_milestones]
+        for name in ("small_crop_scale", "large_crop_scale"):
+            if isinstance(getattr(self, name), tuple):
+                setattr(self, name, [float(v) for v in getattr(self, name)])
         if self.checkpoint_dir is not None:
             self.checkpoint_dir = str(self.checkpoint_dir)
         self.validate()
@@ -255,6 +295,53 @@ class TrainConfig:
             raise ValueError(f"momentum must be below 1, got {self.momentum}")
         if any(m < 1 for m in self.lr_milestones) or sorted(self.lr_milestones) != self.lr_milestones:
             raise ValueError(f"lr_milestones must be increasing epoch numbers >= 1, got {self.lr_milestones}")
+        self.validate_successors()
+
+    def validate_successors(self) -> None:
+        """The fields of multi-crop and of SwAV's methods (:data:`PROTOTYPE_METHODS`)."""
+        def positive_int(name, minimum):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+        for name, minimum in (("large_crops", 1), ("small_crops", 0), ("swav_iterations", 1), ("queue_length", 0),
+                              ("queue_start_epoch", 0), ("freeze_prototypes_steps", 0), ("kmeans_iters", 1)):
+            positive_int(name, minimum)
+        for name in ("small_crop_size", "projection_dim", "projection_hidden"):
+            if getattr(self, name) is not None:
+                positive_int(name, 1)
+        for name in ("small_crop_scale", "large_crop_scale"):
+            pair = getattr(self, name)
+            if pair is None and name == "large_crop_scale":
+                continue
+            if not (isinstance(pair, list) and len(pair) == 2 and 0 < pair[0] <= pair[1] <= 1):
+                raise ValueError(f"{name} must be [low, high] with 0 < low <= high <= 1 (fractions of the area), "
+                                 f"got {pair!r}")
+        if self.small_crops and self.small_crop_size is None:
+            raise ValueError("small_crops needs small_crop_size (the small crops' side in pixels)")
+        if not (isinstance(self.swav_epsilon, (int, float)) and not isinstance(self.swav_epsilon, bool)
+                and math.isfinite(self.swav_epsilon) and self.swav_epsilon > 0):
+            raise ValueError(f"swav_epsilon must be a positive number, got {self.swav_epsilon!r}")
+        if self.multi_crop() and (self.rotation or self.score_mode != "plain"):
+            raise ValueError("multi-crop (large_crops > 1 or small_crops > 0) trains without rotation and scores "
+                             "plain images (score_mode='plain'): switch those off")
+        if self.method in PROTOTYPE_METHODS and self.head_temperature is None:
+            raise ValueError(f"method {self.method!r} scores with normalised prototypes: set head_temperature "
+                             "(SwAV's temperature is 0.1)")
+        if self.projection_dim is not None and self.head_temperature is None:
+            raise ValueError("projection_dim feeds cosine heads: set head_temperature too")
+        if self.method == "swav":
+            if self.large_crops < 2:
+                raise ValueError("swav predicts one large crop's code from the other views: large_crops must be >= 2")
+            if self.rotation:
+                raise ValueError("swav has no rotation task: set rotation=False")
+            if self.queue_length % self.batch_size:
+                raise ValueError(f"queue_length ({self.queue_length}) must be a multiple of batch_size "
+                                 f"({self.batch_size}): the queue moves by whole batches")
+
+    def multi_crop(self) -> bool:
+        """Whether every image is seen as more than one crop per step."""
+        return self.large_crops > 1 or self.small_crops > 0
 
     def cluster_list(self) -> list[int]:
         """K of every head, as a list (the kit's one rule: :func:`clusters_per_head`)."""
@@ -268,5 +355,5 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-__all__ = ["TrainConfig", "clusters_per_head", "AMP_DTYPES", "METHODS", "SCHEDULES", "SCORE_MODES", "RELABEL_HEADS",
+__all__ = ["TrainConfig", "clusters_per_head", "AMP_DTYPES", "METHODS", "PROTOTYPE_METHODS", "ADDED_FIELDS", "SCHEDULES", "SCORE_MODES", "RELABEL_HEADS",
            "STORAGE_DTYPE_BY_NAME", "RESUMABLE_CHANGES", "COMPILE_MODES", "RENAMED_FIELDS", "upgrade_field_names"]

@@ -15,8 +15,8 @@ from sela_edu.training import torchrun as dist_utils
 from sela_edu.training.baselines import kmeans_labels
 from sela_edu.training.config import TrainConfig
 from sela_edu.training.runtime import sync
-from sela_edu.training.relabelling import compute_features, relabel, relabel_from_kept
-from sela_edu.training.state import LoopState, RunSetup, has_kept_scores, keeps_head_outputs
+from sela_edu.training.relabelling import compute_features, relabel
+from sela_edu.training.state import LoopState, RunSetup, keeps_head_outputs
 
 
 def kmeans_relabel(model: nn.Module, data, num_clusters: list[int], *, seed: int = 0, batch_size: int = 512,
@@ -58,9 +58,10 @@ def heads_to_solve(config: TrainConfig, relabel_count: int, num_heads: int) -> l
 
 
 def label_step(s: RunSetup, loop: LoopState) -> tuple[dict, list[dict], dict | None]:
-    """One label optimisation (SeLa's, or k-means for the baseline) into ``loop.labels``.
+    """One label optimisation (the method's :meth:`~sela_edu.training.methods.Method.new_labels`) into
+    ``loop.labels``.
 
-    Returns its timings, one health row per solved head (SeLa only) and, after the first optimisation,
+    Returns its timings, one health row per solved head (SeLa's) and, after the first optimisation,
     how much the labels changed.
     """
     config = s.config
@@ -69,30 +70,9 @@ def label_step(s: RunSetup, loop: LoopState) -> tuple[dict, list[dict], dict | N
         dist_utils.average_buffers(s.model)
     part: dict[str, Any] = {}
     previous = loop.labels.cpu()
-    rows: list[dict] = []
-    if config.method == "sela":
-        heads = heads_to_solve(config, loop.relabel_count, len(s.ks))
-        init = [loop.potentials[h] if config.warm_start else None for h in heads]
-        if keeps_head_outputs(config) and has_kept_scores(loop, len(s.ks)):
-            results = relabel_from_kept([loop.score_buffers[h] for h in heads], tol=config.label_tol,
-                                        max_iter=config.label_max_iter, init=init, timings=part)
-        else:
-            results = scoring_pass(s, loop, heads, init, part)
-        new = previous.clone()
-        for h, start, result, seconds in zip(heads, init, results, part["head_seconds"]):
-            new[h] = result.labels.cpu()
-            loop.potentials[h] = result.cluster_potential.cpu()
-            rows.append({"epoch": loop.epoch + 1, "step": loop.step, "head": h, "warm": start is not None,
-                         "passes": result.passes, "converged": bool(result.converged),
-                         "error": float(result.error), "seconds": float(seconds)})
-        loop.last_results = results
-    else:  # kmeans
-        new = kmeans_relabel(s.model, s.data, s.ks, seed=config.seed + 1000 * loop.relabel_count,
-                             loader=s.score_loader, timings=part)
+    new, rows = s.method.new_labels(s, loop, previous, part)
     if config.reinits_heads():
         reinit_heads(s.model, s.optimizer)
-    elif config.method == "kmeans" and loop.has_optimised:
-        new = matched_ids(previous, new, s.ks)   # kept heads must find their cluster under the same id
     changes = label_changes(previous, new) if loop.has_optimised else None
     loop.has_optimised = True
     loop.labels = new.to(s.device)

@@ -61,7 +61,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sela_edu.training import checkpoint as ckpt
@@ -174,6 +173,9 @@ def check_single_process(s: RunSetup) -> None:
     if s.world > 1 and keeps_head_outputs(s.config):
         raise ValueError(f"score_mode='training' runs in a single process only (this run has {s.world}): "
                          "use score_mode='plain' (or 'augmented') under torchrun")
+    if s.world > 1 and s.config.method == "deepcluster-v2":
+        raise ValueError(f"deepcluster-v2 keeps its memory bank by image in one process (this run has {s.world}): "
+                         "run it in a single process")
 
 
 def train_epoch(s: RunSetup, loop: LoopState) -> dict:
@@ -205,7 +207,7 @@ def train_epoch(s: RunSetup, loop: LoopState) -> dict:
                         f"head {r['head']} {'converged' if r['converged'] else 'NOT converged'} "
                         f"({r['passes']} passes, error {r['error']:.1e})" for r in rows))
             s.net.train()
-        loss, correct = sgd_step(s, loop.labels, x, index, keep=kept_buffers(s, loop))
+        loss, correct = sgd_step(s, loop.labels, x, index, keep=kept_buffers(s, loop), loop=loop)
         loss_sum += loss
         rotation_correct += correct
         batches += 1
@@ -285,34 +287,30 @@ def kept_buffers(s: RunSetup, loop: LoopState) -> dict | None:
     return None
 
 
-def sgd_step(s: RunSetup, labels: torch.Tensor, x: torch.Tensor, index: torch.Tensor,
-             keep: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of SeLa's step 2: cross-entropy against the current labels, averaged over heads (plus the
-    rotation loss for SeLa + Rot). Returns the loss and the rotation head's correct guesses (0 without it).
+def sgd_step(s: RunSetup, labels: torch.Tensor, x, index: torch.Tensor,
+             keep: dict | None = None, loop: LoopState | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a batch ``x`` (a tensor, or a list of crops under multi-crop) with the method's loss
+    (:mod:`sela_edu.training.methods`; SeLa's: cross-entropy against the current ``labels``, averaged over
+    heads, plus the rotation loss for SeLa + Rot). Returns the loss and the rotation head's correct guesses
+    (0 without it).
 
     ``keep`` (head -> ScoreBuffer, score mode "training"): the heads' outputs of the upright views are kept
     there at the images' rows, in float32 (the buffer's), for the next label step."""
     index = index.to(s.device, non_blocking=True)  # the loaders' index is pinned on CUDA: no wait
-    n = x.shape[0]
-    if s.config.channels_last and x.ndim == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
+    views = list(x) if isinstance(x, (list, tuple)) else [x]
+    if s.config.channels_last and views[0].ndim == 4:
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    if loop is None:
+        loop = LoopState(labels=labels, potentials=[], schedule=[])
     with torch.autocast(s.device.type, dtype=getattr(torch, s.config.amp_dtype), enabled=s.use_amp):
-        if s.config.rotation:  # the four rotations of every image; labels apply to the upright ones
-            outputs = s.net(torch.cat([torch.rot90(x, r, dims=(2, 3)) for r in range(4)]), rotation=True)
-            turns = torch.arange(4, device=s.device).repeat_interleave(n)
-            rotation_logits, outputs = outputs[-1].float(), [out[:n] for out in outputs[:-1]]
-        else:
-            outputs = s.net(x)
-        loss = torch.stack([F.cross_entropy(out.float(), labels[h, index]) for h, out in enumerate(outputs)]).mean()
-        if s.config.rotation:
-            loss = loss + F.cross_entropy(rotation_logits, turns)
+        loss, outputs, correct = s.method.loss(s, loop, views, index)
     s.optimizer.zero_grad(set_to_none=True)
     s.scaler.scale(loss).backward()
+    s.method.before_update(s, loop)
     s.scaler.step(s.optimizer)
     s.scaler.update()
     if keep is not None:
         keep_head_outputs(keep, index, outputs)
-    correct = (rotation_logits.argmax(1) == turns).sum() if s.config.rotation else torch.zeros((), device=s.device)
     return loss.detach(), correct.detach()
 
 

@@ -23,6 +23,24 @@ _CLASSROOM: dict[str, Any] = dict(
     nopts=40, nopt_schedule="quadratic", batch_size=256, lr=0.05, momentum=0.9, weight_decay=5e-4,
     lr_milestones=[], lr_schedule="cosine", storage_dtype="float32")
 
+# SwAV's improvements at the classroom scale, shared by its three methods: a projection head (256 -> 256 -> 128,
+# SwAV's 2048 -> 2048 -> 128 scaled to the small CNN), cosine heads with temperature 0.1, multi-crop with two
+# 28 px crops of the usual augmentation and four 16 px crops of 10-40 % of the area (SwAV's 5-14 % leaves a
+# few pixels of a 28 px image), prototypes frozen for the first 78 steps (one epoch of classroom-short;
+# SwAV: 313, one epoch of ImageNet at 4096). The classroom's SGD, heads, epochs and label steps otherwise.
+_SUCCESSOR_PARTS: dict[str, Any] = dict(head_temperature=0.1, projection_dim=128, projection_hidden=256, large_crops=2,
+                                        small_crops=4, small_crop_size=16, small_crop_scale=[0.1, 0.4],
+                                        freeze_prototypes_steps=78)
+# SwAV's ImageNet recipes, as facebookresearch/swav's scripts set them (as data): ResNet-50, 128-d
+# projection behind a 2048-wide hidden layer, temperature 0.1, crops of 14-100 % at 224 px and 5-14 % at
+# 96 px, weight decay 1e-6, cosine learning rate, 400 epochs. The kit's departures: plain SGD (the scripts
+# wrap it in LARC), no warm-up, no synchronised BatchNorm, cosine decay to 0 instead of to lr / 1000.
+_SWAV_IMAGENET: dict[str, Any] = dict(
+    dataset="imagenet", arch="resnet50", image_size=224, num_heads=1, num_clusters=3000, head_temperature=0.1,
+    projection_dim=128, projection_hidden=2048, large_crops=2, small_crops=6, small_crop_size=96,
+    large_crop_scale=[0.14, 1.0], small_crop_scale=[0.05, 0.14], epochs=400, batch_size=64, momentum=0.9,
+    weight_decay=1e-6, lr_milestones=[], lr_schedule="cosine", storage_dtype="bfloat16", num_workers=8)
+
 #: Named settings. Every field can be overridden: ``config_from_preset("classroom", epochs=3)``.
 PRESETS: dict[str, dict[str, Any]] = {
     # The official CIFAR-10/100 and SVHN recipe, as cifar.py of yukimasano/self-label runs it: CIFAR
@@ -69,6 +87,29 @@ PRESETS: dict[str, dict[str, Any]] = {
     # cheap to score: N x 512 numbers); :func:`folder_backbone_config` sizes it to the folder.
     "folder-backbone": dict(_CLASSROOM, dataset="folder", arch="feature-mlp", num_heads=1, num_clusters=10,
                             epochs=50, nopts=50, nopt_schedule="even", eval_every=0),
+    # SeLa's successors of SwAV's paper (Caron et al., 2020) at the classroom scale, on the classroom's
+    # schedule (notebook 09 and the ledger's claims 10-14 run them at classroom-short's 10 epochs):
+    "sela-v2-classroom": dict(_CLASSROOM, method="sela-v2", **_SUCCESSOR_PARTS),
+    # DeepCluster-v2's prototypes are its centroids throughout (its scripts freeze them for 300,000 steps).
+    "deepcluster-v2-classroom": dict(_CLASSROOM, method="deepcluster-v2",
+                                     **dict(_SUCCESSOR_PARTS, freeze_prototypes_steps=300_000)),
+    # SwAV: no label step (nopts unused); no queue, a batch of 256 spreads over at most 100 prototypes.
+    "swav-classroom": dict(_CLASSROOM, method="swav", **_SUCCESSOR_PARTS),
+    # facebookresearch/swav scripts/swav_400ep_bs256_pretrain.sh: 3000 prototypes, epsilon 0.05, 3 iterations,
+    # 2 x 224 + 6 x 96 crops, batch 64 per GPU on 4 GPUs, lr 0.6, a queue of 3840 embeddings from epoch 15,
+    # prototypes frozen for 5005 steps, mixed precision.
+    "swav-imagenet": dict(_SWAV_IMAGENET, method="swav", lr=0.6, queue_length=3840, queue_start_epoch=15,
+                          freeze_prototypes_steps=5005, swav_epsilon=0.05, swav_iterations=3, amp_dtype="bfloat16"),
+    # scripts/deepclusterv2_400ep_pretrain.sh: 3 heads of 3000 prototypes (the centroids: frozen for 300,000
+    # steps), 2 x 160 + 4 x 96 crops of 8-100 % and 5-14 %, batch 64 per GPU on 64 GPUs, lr 4.8 (LARC's),
+    # a k-means of 10 iterations per label step; the kit clusters at nopts moments (the script: every epoch).
+    "deepcluster-v2-imagenet": dict(_SWAV_IMAGENET, method="deepcluster-v2", image_size=160, num_heads=3,
+                                    large_crops=2, small_crops=4, large_crop_scale=[0.08, 1.0], lr=4.8,
+                                    freeze_prototypes_steps=300_000, kmeans_iters=10, nopts=400, nopt_schedule="even"),
+    # SeLa-v2 (SwAV's appendix; its authors released weights but no script): DeepCluster-v2's recipe with
+    # SeLa's label step (lambda 25, as SeLa on ImageNet) in place of k-means.
+    "sela-v2-imagenet": dict(_SWAV_IMAGENET, method="sela-v2", image_size=160, large_crops=2, small_crops=4,
+                             large_crop_scale=[0.08, 1.0], lr=4.8, lam=25.0, nopts=400, nopt_schedule="even"),
     # Seconds: two epochs on a few hundred digits, for tests and for checking an installation.
     "smoke": dict(dataset="digits", arch="smallcnn", num_heads=2, num_clusters=[10, 20], lam=10.0, epochs=2,
                   nopts=2, nopt_schedule="even", batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
@@ -86,6 +127,12 @@ SUMMARIES: dict[str, str] = {
     "classroom-imbalance": "classroom for notebook 05's nine trainings: 6 epochs, 12 optimisations, 8,000 images",
     "folder": "sela-edu label FOLDER: the classroom recipe on a folder of images, sized to it by folder_config",
     "folder-backbone": "sela-edu label FOLDER --backbone: heads (feature-mlp) on a frozen backbone's features, 50 epochs",
+    "sela-v2-classroom": "SeLa-v2 on the classroom recipe: projection head, prototypes at temperature 0.1, 2 x 28 + 4 x 16 px crops",
+    "deepcluster-v2-classroom": "DeepCluster-v2 on the classroom recipe: spherical k-means on a memory bank, prototypes = centroids",
+    "swav-classroom": "SwAV on the classroom recipe: codes per batch by 3 Sinkhorn-Knopp iterations, swapped prediction",
+    "swav-imagenet": "SwAV's ImageNet recipe (swav_400ep_bs256_pretrain.sh): ResNet-50, 3000 prototypes, 2 x 224 + 6 x 96 crops",
+    "deepcluster-v2-imagenet": "DeepCluster-v2's ImageNet recipe (deepclusterv2_400ep_pretrain.sh): 3 x 3000, 2 x 160 + 4 x 96",
+    "sela-v2-imagenet": "SeLa-v2: DeepCluster-v2's ImageNet recipe with SeLa's label step (lambda 25)",
     "smoke": "seconds: two epochs on 320 digits, for tests and for checking an installation",
 }
 

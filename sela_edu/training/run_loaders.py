@@ -55,10 +55,21 @@ def scoring_loader(data, batch_size: int, device: torch.device, seed: int, num_w
 
 
 def training_augment(config: TrainConfig, data):
-    """The training augmentation of ``data`` at ``config.image_size`` (None: the loader's default)."""
+    """The training augmentation of ``data`` at ``config.image_size`` (None: the loader's default), as
+    :class:`~sela_edu.data.multicrop.MultiCrop` under multi-crop."""
     from sela_edu.data import ImageData, default_augment
+    from sela_edu.data.multicrop import MultiCrop
 
-    if config.image_size is None or not isinstance(data, ImageData) or config.image_size == data.image_size:
+    if not isinstance(data, ImageData):
+        if config.multi_crop():
+            raise ValueError(f"multi-crop augments in-memory images (ImageData) on the device; {type(data).__name__} "
+                             "is read another way: set large_crops=1 and small_crops=0")
+        return None
+    if config.multi_crop():
+        base = default_augment(data.name, size=config.image_size or data.image_size, mean=data.mean, std=data.std)
+        return MultiCrop(base, config.large_crops, config.small_crops, small_size=config.small_crop_size,
+                         small_scale=config.small_crop_scale, large_scale=config.large_crop_scale)
+    if config.image_size is None or config.image_size == data.image_size:
         return None
     return default_augment(data.name, size=config.image_size, mean=data.mean, std=data.std)
 

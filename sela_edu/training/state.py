@@ -19,7 +19,8 @@ from torch import nn
 
 from sela_edu.training import checkpoint as ckpt
 from sela_edu.training import torchrun as dist_utils
-from sela_edu.training.config import RESUMABLE_CHANGES, STORAGE_DTYPE_BY_NAME, TrainConfig, upgrade_field_names
+from sela_edu.training.config import (ADDED_FIELDS, RESUMABLE_CHANGES, STORAGE_DTYPE_BY_NAME, TrainConfig,
+                                      upgrade_field_names)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class RunSetup:
     steps_per_epoch: int
     ckpt_dir: Path | None
     show: bool
+    method: Any = None  # the run's training method (sela_edu.training.methods.Method)
 
 
 @dataclass
@@ -115,6 +117,8 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> N
     """Refuse to resume from a checkpoint written under another config (but for ``RESUMABLE_CHANGES``),
     naming the fields that differ. A config stored under old field names is read under the new ones."""
     saved = upgrade_field_names(saved, f"checkpoint {path}", stacklevel=4)  # at the train() call
+    defaults = TrainConfig().to_dict()
+    saved = {**{k: defaults[k] for k in ADDED_FIELDS}, **saved}  # written before these fields existed
     current = config.to_dict()
     differing = [k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]]
     if differing:
@@ -154,6 +158,7 @@ def restore(s: RunSetup, loop: LoopState, path: Path) -> None:
         loop.position = next((i for i, step in enumerate(loop.schedule) if step >= loop.step), len(loop.schedule))
     set_rng_state(state["rng"], s.loader)
     restore_kept_scores(s, loop, state.get("kept_scores"))
+    s.method.load_state_dict(state.get("method_state") or {}, s)
 
 
 def kept_scores_state(s: RunSetup, loop: LoopState) -> list[torch.Tensor] | None:
@@ -197,7 +202,7 @@ def save_state(s: RunSetup, loop: LoopState) -> float:
             "schedule_position": loop.position, "relabel_count": loop.relabel_count,
             "has_optimised": loop.has_optimised, "history": loop.history, "rng": rng_state(s.loader),
             "indices": s.subset, "world_size": s.world, "steps_per_epoch": s.steps_per_epoch,
-            "kept_scores": kept_scores_state(s, loop),
+            "kept_scores": kept_scores_state(s, loop), "method_state": s.method.state_dict(),
         })
     dist_utils.barrier()
     return time.perf_counter() - t0

@@ -12,6 +12,19 @@ for checkpoints trained with the later official code.
 
 A 4-way head (``top_layer<h>`` with 4 outputs, after the clustering heads) is the rotation head of the
 ``+Rot`` model; it is returned separately (``info["rotation_head"]``), not as a clustering head.
+
+The ``"swav"`` layout (the SwAV, DeepCluster-v2 and SeLa-v2 ResNet-50s of facebookresearch/swav) is
+torchvision's ResNet keys beside ``projection_head.*`` and ``prototypes.*``; the backbone is read exactly
+as the ``"torchvision"`` layout's (the official ``hubconf.py`` does the same: ``module.`` stripped, the
+rest loaded into torchvision's ``resnet50``; the official model's extra 1-pixel pad plus a 7x7 convolution
+of padding 2 equals torchvision's padding 3). The prototypes are **not** made the kit model's heads: they
+score the L2-normalised 128-d output of the MLP projection head, not the 2048-d features the kit's linear
+heads read, so no kit head reproduces them. They are kept beside the model instead:
+``info["projection_head"]`` (an ``nn.Module`` in eval mode, or None) and ``info["prototypes"]`` (one
+``K x 128`` weight per prototype set: one for SwAV and SeLa-v2, three for DeepCluster-v2; empty when the
+file has none), so SwAV's cluster scores are ``F.normalize(proj(model.features(x))) @ P.T``. The kit model
+itself gets ``fc`` as its head when the file has one, else the placeholder head of a headless network:
+what the kit evaluates of these models is the backbone (kNN, linear probes, ``label --backbone``).
 """
 
 from __future__ import annotations
@@ -41,14 +54,18 @@ def without_data_parallel(state: Mapping[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
+_SWAV_EXTRAS = ("projection_head.", "prototypes.")
+
+
 def detect_layout(state: Mapping[str, Any]) -> str:
-    """Which layout a state dict is in: "kit", "torchvision", "sela-alexnet", "sela-resnetv2",
-    "sela-resnetv1". Raises PretrainedError for anything else."""
+    """Which layout a state dict is in: "kit", "torchvision", "swav" (torchvision's keys with SwAV's
+    projection head and prototypes), "sela-alexnet", "sela-resnetv2", "sela-resnetv1". Raises
+    PretrainedError for anything else."""
     keys = set(state)
     if any(k.startswith("backbone.") for k in keys) and any(k.startswith("heads.") for k in keys):
         return "kit"
     if "conv1.weight" in keys and any(k.startswith("layer4.") for k in keys):
-        return "torchvision"
+        return "swav" if any(k.startswith(_SWAV_EXTRAS) for k in keys) else "torchvision"
     if any(k.startswith("classifier.") for k in keys) and "features.0.weight" in keys:
         return "sela-alexnet"
     if "features.0.weight" in keys and "features.1.running_mean" in keys and any(k.startswith("features.4.") for k in keys):
@@ -57,7 +74,8 @@ def detect_layout(state: Mapping[str, Any]) -> str:
         return "sela-resnetv2"
     sample = sorted(keys)[:6]
     raise PretrainedError(f"unknown checkpoint layout (keys such as {sample}); the kit reads the official "
-                          "AlexNet and ResNet layouts, torchvision's ResNets and its own models")
+                          "AlexNet and ResNet layouts, torchvision's ResNets (also SwAV's, with projection head "
+                          "and prototypes) and its own models")
 
 
 def _split_heads(state: dict[str, torch.Tensor], prefix_map) -> tuple[dict, list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -96,18 +114,42 @@ def _resnetv1_key(key: str) -> str:
     return "backbone." + ".".join([_RESNETV1_STAGES[parts[1]], *parts[2:]])
 
 
+def _split_swav(state: dict[str, Any]) -> tuple[dict, dict, list]:
+    """SwAV's extras taken out of a state dict: (the rest, the projection head's entries without their
+    ``projection_head.`` prefix, the prototype weights in order: ``prototypes.weight``, or
+    ``prototypes.prototypes<i>.weight`` for several sets)."""
+    rest, projection, sets = {}, {}, {}
+    for key, value in state.items():
+        if key.startswith("projection_head."):
+            projection[key[len("projection_head."):]] = value
+        elif key.startswith("prototypes."):
+            m = re.fullmatch(r"prototypes\.(?:prototypes(\d+)\.)?weight", key)
+            if m is None or not isinstance(value, torch.Tensor) or value.dim() != 2:
+                raise PretrainedError(f"unexpected prototype entry {key!r} in a SwAV-layout checkpoint")
+            sets[int(m.group(1) or 0)] = value
+        else:
+            rest[key] = value
+    return rest, projection, [sets[i] for i in sorted(sets)]
+
+
 def convert_state_dict(state: Mapping[str, Any], layout: str = "auto") -> tuple[dict, dict]:
-    """Map an official (or torchvision) state dict onto the kit's names.
+    """Map an official (or torchvision, or SwAV) state dict onto the kit's names.
 
     Returns ``(kit_state, info)``: ``kit_state`` has ``backbone.*`` and ``heads.<h>.*`` keys; ``info``
     holds ``layout``, ``arch`` ("alexnet", "resnet18", "resnet50", "resnet50-preact" or, for the kit's
     own files, None), ``head_sizes`` (K of every clustering head), ``rotation_head`` ((weight, bias) of
-    a trailing 4-way head, or None) and ``preact_width`` (pre-activation ResNets).
+    a trailing 4-way head, or None) and ``preact_width`` (pre-activation ResNets). The ``"swav"`` layout
+    adds ``projection_head`` (its entries, ``0.weight``..., or None), ``prototypes`` (list of K x D
+    weights) and ``prototype_sizes`` (their K); see the module docstring.
     """
     state = without_data_parallel(state)
     if layout == "auto":
         layout = detect_layout(state)
     info: dict[str, Any] = {"layout": layout, "rotation_head": None}
+    if layout == "swav":
+        state, projection, prototypes = _split_swav(state)
+        info.update(projection_head=projection or None, prototypes=prototypes,
+                    prototype_sizes=[int(p.shape[0]) for p in prototypes])
     if layout == "kit":
         ks = []
         h = 0
@@ -116,7 +158,7 @@ def convert_state_dict(state: Mapping[str, Any], layout: str = "auto") -> tuple[
             h += 1
         info.update(arch=None, head_sizes=ks)
         return dict(state), info
-    if layout == "torchvision":
+    if layout in ("torchvision", "swav"):
         heads = []
         body = {}
         for key, value in state.items():
@@ -162,12 +204,47 @@ def build_for_state(arch: str, head_sizes, *, feature_dim: int | None = None, pr
                        small_stem=False if arch.startswith("resnet") else None)
 
 
+def _projection_module(entries: Mapping[str, torch.Tensor], source: str) -> nn.Module:
+    """SwAV's projection head rebuilt from its entries: ``nn.Linear`` (``weight``, ``bias``) or the MLP
+    ``nn.Sequential`` of ``src/resnet50.py`` (Linear, BatchNorm1d, ReLU, Linear: a ReLU wherever an index
+    has no entries), with the file's weights, in eval mode."""
+    try:
+        if set(entries) <= {"weight", "bias"}:
+            w = entries["weight"]
+            module: nn.Module = nn.Linear(w.shape[1], w.shape[0], bias="bias" in entries)
+        else:
+            by_index: dict[int, dict[str, torch.Tensor]] = {}
+            for key, value in entries.items():
+                index, name = key.split(".", 1)
+                by_index.setdefault(int(index), {})[name] = value
+            layers: list[nn.Module] = []
+            for i in range(max(by_index) + 1):
+                sub = by_index.get(i)
+                if not sub:
+                    layers.append(nn.ReLU())
+                elif "running_mean" in sub:
+                    layers.append(nn.BatchNorm1d(sub["running_mean"].shape[0]))
+                else:
+                    w = sub["weight"]
+                    layers.append(nn.Linear(w.shape[1], w.shape[0], bias="bias" in sub))
+            module = nn.Sequential(*layers)
+        entries = {k: (v.float() if v.is_floating_point() else v) for k, v in entries.items()}
+        if not any(k.endswith("num_batches_tracked") for k in entries):
+            entries.update({k: v for k, v in module.state_dict().items() if k.endswith("num_batches_tracked")})
+        module.load_state_dict(entries)
+    except (KeyError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        raise PretrainedError(f"{source}: its projection_head entries ({sorted(entries)[:6]}) are not the "
+                              f"official Linear or MLP head ({type(exc).__name__}: {exc})") from exc
+    return module.eval()
+
+
 def model_from_state_dict(state: Mapping[str, Any], layout: str = "auto", *, strict: bool = True,
                           source: str = "checkpoint") -> tuple[MultiHeadNet, dict]:
     """A kit model (eval mode) holding the weights of ``state`` (any layout :func:`detect_layout` knows
     except the kit's own, whose architecture a bare state dict does not say: use
     :func:`load_checkpoint_file`). Returns ``(model, info)``; the rotation head, if any, is ``info["rotation_head"]``
-    as an ``nn.Linear``."""
+    as an ``nn.Linear``; a SwAV-layout file's projection head is ``info["projection_head"]`` as a module and
+    its prototypes ``info["prototypes"]`` (float32 K x D tensors), beside the model, not in it."""
     kit_state, info = convert_state_dict(state, layout)
     if info["arch"] is None:
         raise PretrainedError(f"{source}: a kit state dict without its architecture; use load_checkpoint_file()")
@@ -208,4 +285,23 @@ def model_from_state_dict(state: Mapping[str, Any], layout: str = "auto", *, str
         info["rotation_head"] = head.eval()
         if hasattr(model, "add_rotation_head"):  # the kit's +Rot models carry it as model.rotation_head
             model.rotation_head = info["rotation_head"]
+    if info["layout"] == "swav":
+        _swav_extras(info, model.feature_dim, source)
     return model.eval(), info
+
+
+def _swav_extras(info: dict, feature_dim: int, source: str) -> None:
+    """``info``'s SwAV projection head made a module, its prototypes float32; PretrainedError when their
+    widths do not chain (features -> projection -> prototypes)."""
+    width = feature_dim
+    if info["projection_head"] is not None:
+        head = _projection_module(info["projection_head"], source)
+        linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+        if linears[0].in_features != feature_dim:
+            raise PretrainedError(f"{source}: its projection head reads {linears[0].in_features}-d features, the "
+                                  f"backbone gives {feature_dim}")
+        info["projection_head"], width = head, linears[-1].out_features
+    bad = [int(p.shape[1]) for p in info["prototypes"] if p.shape[1] != width]
+    if bad:
+        raise PretrainedError(f"{source}: prototypes of width {bad[0]} on {width}-d projections")
+    info["prototypes"] = [p.float().contiguous() for p in info["prototypes"]]

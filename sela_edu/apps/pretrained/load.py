@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,10 @@ def load_checkpoint_file(path: str | os.PathLike, *, layout: str = "auto", trust
     """Load any checkpoint the kit understands into a kit model (eval mode).
 
     Reads the official layouts and torchvision's ResNets (a bare state dict, or a dict with
-    ``state_dict`` and ``labels``/``L``), the kit's training checkpoints (``last.pt``: architecture,
+    ``state_dict`` and ``labels``/``L``), the SwAV repository's ResNet-50s (SwAV, DeepCluster-v2, SeLa-v2:
+    ``module.``-prefixed torchvision keys with ``projection_head.*`` and ``prototypes.*``, bare or under
+    ``state_dict``; the backbone is the model, the projection head and prototypes are
+    ``info["projection_head"]`` and ``info["prototypes"]``), the kit's training checkpoints (``last.pt``: architecture,
     image size and channels from its config) and kit models saved by ``sela-edu label``
     (``{"build_kwargs", "state_dict"}``). A bare kit state dict (``sela-edu train``'s ``model.pt``) needs
     ``arch``, ``image_size`` and ``in_channels``. The file is read once; a kit checkpoint this kit cannot
@@ -80,22 +84,36 @@ def load_checkpoint_file(path: str | os.PathLike, *, layout: str = "auto", trust
     state, labels = _state_from(payload, path)
     if build is None and isinstance(payload, Mapping) and isinstance(payload.get("config"), Mapping):
         build = _build_from_config(payload["config"], state)
-    if (layout == "auto" and detect_layout(without_data_parallel(state)) == "kit") or layout == "kit":
+    with _naming(path):
+        is_kit = layout == "kit" or (layout == "auto" and detect_layout(without_data_parallel(state)) == "kit")
+    if is_kit:
         if build is None:
             if arch is None or image_size is None or in_channels is None:
                 raise PretrainedError(f"{path} is a bare kit state dict: pass arch=, image_size= and in_channels= "
                                       "(e.g. 'smallcnn', 28, 1 for the classroom preset)")
             build = dict(arch=arch, image_size=image_size, in_channels=in_channels)
         return _build_kit_model(path, payload, state, labels, build)
-    model, info = model_from_state_dict(state, layout, source=str(path))
+    with _naming(path):
+        model, info = model_from_state_dict(state, layout, source=str(path))
     return Pretrained(model, labels, info.pop("rotation_head"), info["arch"], info["layout"], path, info=info)
+
+
+@contextmanager
+def _naming(path: Path):
+    """A PretrainedError raised inside names ``path`` (prefixed when its message does not already)."""
+    try:
+        yield
+    except PretrainedError as exc:
+        if str(path) in str(exc):
+            raise
+        raise PretrainedError(f"{path}: {exc}") from exc
 
 
 def _build_kit_model(path: Path, payload, state: dict, labels, build: Mapping[str, Any]) -> Pretrained:
     """A kit network rebuilt from ``build`` (its build_model arguments) with ``state``'s weights."""
     kit_state, info = convert_state_dict(state, "kit")
-    kw = {k: build[k] for k in ("arch", "in_channels", "image_size", "small_stem", "head_temperature")
-          if build.get(k) is not None}
+    kw = {k: build[k] for k in ("arch", "in_channels", "image_size", "small_stem", "head_temperature",
+                                "projection_dim", "projection_hidden") if build.get(k) is not None}
     try:
         model = build_model(num_heads=len(info["head_sizes"]), num_clusters=info["head_sizes"], **kw)
     except ValueError as exc:
@@ -185,7 +203,8 @@ def _build_from_config(config: Mapping[str, Any], state: Mapping[str, Any]) -> d
         return None
     size = config.get("image_size") or info["image_size"]
     return dict(arch=resolve_arch(config.get("arch", "smallcnn"), size), image_size=size,
-                in_channels=info["num_channels"], head_temperature=config.get("head_temperature"))
+                in_channels=info["num_channels"], head_temperature=config.get("head_temperature"),
+                projection_dim=config.get("projection_dim"), projection_hidden=config.get("projection_hidden"))
 
 
 def load_released(name: str, *, cache: str | os.PathLike | None = None, offline: bool | None = None,
@@ -195,7 +214,9 @@ def load_released(name: str, *, cache: str | os.PathLike | None = None, offline:
     Returns a :class:`Pretrained`: the kit model in eval mode, ready for
     :func:`sela_edu.evaluation.score_dataset` or :func:`~sela_edu.evaluation.evaluate` on 224 px
     ImageNet-normalised images; its heads are the trained clustering heads; ``labels`` holds the ImageNet pseudo-labels stored in the file (the
-    torchvision-format files), else None.
+    torchvision-format files), else None. The SwAV repository's models (``swav-*``, ``deepcluster-v2-*``,
+    ``sela-v2-*``) are backbones: their model has a placeholder head, and their projection head and
+    prototypes are in ``info`` (see :mod:`~sela_edu.apps.pretrained.convert`).
     """
     spec = released_spec(name)
     path = fetch(spec.name, cache=cache, offline=offline, progress=progress)

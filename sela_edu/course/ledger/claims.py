@@ -41,6 +41,8 @@ MEASURES = {
     "slope_k": ("growth exponent of the solve time in K", 2),
     "seconds_kit": ("seconds of the kit's label step", 3),
     "seconds_reference": ("seconds of the official algorithm", 3),
+    "relabel_share": ("share of the run's time in label steps %", 1),
+    "largest_cluster": ("largest cluster of the training labels / (N/K)", 2),
 }
 
 
@@ -181,6 +183,11 @@ def _k(clusters: str, layer: int = 2) -> float:
     return paper.CLUSTERS[clusters][layer]           # conv5 unless told
 
 
+def _swav(method: str, crops: str = "multi-crop") -> float:
+    return paper.SUCCESSORS[method][crops]
+
+
+_SWAV = "facebookresearch/swav README (ImageNet, ResNet-50, 400 epochs, linear top-1) and SeLa's README"
 _TABLE3 = "the paper's imbalance table (CIFAR-10, one head of 128; values, not its printed differences)"
 _ABLATION = "the paper's ImageNet ablations (AlexNet, linear probes conv3/conv4/conv5)"
 
@@ -233,6 +240,23 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("9c", "the label step is fast: the kit's solver beats the official algorithm on the same scores",
           "ImageNet (1.28M x 3000) within 2 minutes on a GPU", "the paper's implementation notes",
           Beats("timing", "timing-reference", "seconds_kit", lower_is_better=True)),
+    # SeLa beside its successors (SwAV's paper, Caron et al. 2020), on the same schedule and evaluation
+    Claim("10a", "SeLa-v2 beats SeLa (linear probe)", f"{_swav('sela-v2')} vs {_swav('sela')}", _SWAV,
+          Beats("sela-v2", "sela", "linear")),
+    Claim("10b", "SeLa-v2 beats SeLa (kNN)", "not reported (the kit's own measure)", "-", Beats("sela-v2", "sela", "knn")),
+    Claim("11", "DeepCluster-v2 and SeLa-v2 are close (within the gap of SwAV's figures, 2.5 points)",
+          f"{_swav('deepcluster-v2')} vs {_swav('sela-v2')}", _SWAV,
+          Close("deepcluster-v2", "sela-v2", "linear", tolerance=2.5)),
+    Claim("12", "multi-crop helps (SeLa-v2 with small crops beats it with two large crops only)",
+          f"{_swav('sela-v2')} vs {_swav('sela-v2', '2 crops')}", _SWAV, Beats("sela-v2", "sela-v2-2crops", "linear")),
+    Claim("13a", "SwAV matches the offline methods (within 1 point of DeepCluster-v2)",
+          f"{_swav('swav')} vs {_swav('deepcluster-v2')}", _SWAV, Close("swav", "deepcluster-v2", "linear", tolerance=1.0)),
+    Claim("13b", "... without their pass over the data set: less of its time in label steps than SeLa-v2",
+          "SwAV computes codes per batch: no scoring pass", "SwAV's paper",
+          Beats("swav", "sela-v2", "relabel_share", lower_is_better=True)),
+    Claim("14", "SeLa's label step keeps clusters equal; SwAV's three iterations per batch do not",
+          "not reported by SwAV (the kit measured 2.6-5.6x N/K for 3 iterations on a data set's real scores)", "-",
+          Beats("sela-v2", "swav", "largest_cluster", lower_is_better=True)),
 )
 
 

@@ -95,10 +95,22 @@ def run_train(run: Run, ctx: LedgerContext) -> dict[str, Any]:
     trained = positions[result.indices] if result.indices is not None else positions
     measures = evaluation_measures(result.model, ctx)
     measures["labels_nmi"] = metrics.nmi(ctx.train.targets[trained], result.labels[0])
+    measures.update(label_balance(result, config))
     if run.setting.name in ctx.sources:
         _save_labels(ctx.labels_path(run.name), result.labels, trained)
     return {"measures": measures, "config": config.to_dict(), "images": len(trained),
             "train_seconds": result.timings.get("seconds"), "relabel_seconds": result.timings.get("relabel_seconds")}
+
+
+def label_balance(result, config) -> dict[str, float]:
+    """The share of the run's time spent on label steps (%), and its training labels' largest cluster as a
+    multiple of N/K (the largest over heads): SwAV's are the argmax of each image's latest batch codes."""
+    from sela_edu.labelling import code_balance
+
+    seconds = result.timings.get("seconds") or 0.0
+    largest = max(code_balance(result.labels[h], k)["largest"] for h, k in enumerate(config.cluster_list()))
+    return {"relabel_share": 100.0 * result.timings.get("relabel_seconds", 0.0) / seconds if seconds else 0.0,
+            "largest_cluster": largest}
 
 
 def run_transfer(run: Run, ctx: LedgerContext) -> dict[str, Any]:

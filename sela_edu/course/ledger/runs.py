@@ -122,8 +122,36 @@ def setting_specs(profile: LedgerProfile) -> dict[str, Setting]:
         Setting("collapse-argmax", "collapse", {"relabel": "argmax"}),
         Setting("collapse-sinkhorn", "collapse", {"relabel": "sinkhorn"}),
         Setting("timing", "timing"),
+        *successor_settings(profile),
     ]
     return {s.name: s for s in specs}
+
+
+def successor_settings(profile: LedgerProfile) -> list[Setting]:
+    """SeLa's successors (claims 10-14) on the profile's schedule: each method's part of its classroom preset
+    (projection head, prototypes, temperature, multi-crop), the small crops scaled to the data set's images
+    (16 px of Fashion-MNIST's 28); ``sela-v2-2crops`` without the small crops (SwAV's "2 x 224" rows)."""
+    from sela_edu.data.datasets import DATASET_INFO, canonical_name
+    from sela_edu.training.presets import PRESETS
+
+    side = DATASET_INFO[canonical_name(profile.dataset)]["image_size"]
+    settings = []
+    for method in ("sela-v2", "deepcluster-v2", "swav"):
+        preset, classroom = PRESETS[f"{method}-classroom"], PRESETS["classroom"]
+        parts = {k: v for k, v in preset.items() if classroom.get(k) != v}
+        parts["small_crop_size"] = max(4, round(side * parts["small_crop_size"] / classroom_side()))
+        settings.append(Setting(method, "train", parts))
+        if method == "sela-v2":
+            settings.append(Setting("sela-v2-2crops", "train", {**parts, "small_crops": 0}))
+    return settings
+
+
+def classroom_side() -> int:
+    """The side of the classroom's images (Fashion-MNIST, 28 px), which the successor presets' crops are sized to."""
+    from sela_edu.data.datasets import DATASET_INFO, canonical_name
+    from sela_edu.training.presets import PRESETS
+
+    return DATASET_INFO[canonical_name(PRESETS["classroom"]["dataset"])]["image_size"]
 
 
 @dataclass(frozen=True)

@@ -77,10 +77,13 @@ def checkpoint_folder(config, output_dir: str | os.PathLike | None = None, tag: 
     recomputing) and two different runs never share one: the readable part names the method, data set and
     sizes, and a short hash covers every other field that changes what is trained (all but
     ``RESUMABLE_CHANGES``), so changing, say, ``nopts`` in a notebook trains afresh."""
-    from sela_edu.training.config import RESUMABLE_CHANGES
+    from sela_edu.training.config import ADDED_FIELDS, RESUMABLE_CHANGES, TrainConfig
 
     ks = "-".join(str(k) for k in config.cluster_list())
-    trained = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
+    defaults = TrainConfig().to_dict()
+    # a field added later counts only away from its default: older runs keep their folder
+    trained = {k: v for k, v in config.to_dict().items()
+               if k not in RESUMABLE_CHANGES and not (k in ADDED_FIELDS and v == defaults[k])}
     digest = hashlib.sha256(json.dumps(trained, sort_keys=True, default=str).encode()).hexdigest()[:8]
     name = (f"{tag + '_' if tag else ''}{config.method}_{config.dataset}_{config.arch}_h{config.num_heads}_k{ks}"
             f"_lam{config.lam:g}_e{config.epochs}_n{config.max_images or 'all'}_s{config.seed}_{digest}")
