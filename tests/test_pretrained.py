@@ -412,8 +412,7 @@ def _assert_backbone_is(pre, tv):
 
 
 @pytest.mark.parametrize("wrapped, sets, prefix", [(False, 1, "module."), (True, 3, "module."), (True, 1, "")])
-def test_swav_layout_file_keeps_the_backbone_and_the_prototypes_beside_it(tmp_path, swav_resnet50, wrapped, sets,
-                                                                          prefix):
+def test_swav_layout_file_becomes_the_network_swav_trained(tmp_path, swav_resnet50, wrapped, sets, prefix):
     tv, proj = swav_resnet50
     state = _swav_state(tv, proj, sets=sets, prefix=prefix)
     assert pt.detect_layout(without_data_parallel(state)) == "swav"
@@ -422,8 +421,9 @@ def test_swav_layout_file_keeps_the_backbone_and_the_prototypes_beside_it(tmp_pa
     pre = pt.load_checkpoint_file(path)
     assert pre.arch == "resnet50" and pre.layout == "swav" and pre.labels is None and pre.rotation_head is None
     _assert_backbone_is(pre, tv)
-    assert pre.model.num_clusters == [2]  # the placeholder head: the prototypes read projections, not features
     protos = [v for key, v in state.items() if "prototypes" in key]
+    # the projection head and one cosine head per prototype set, at SwAV's temperature
+    assert pre.model.num_clusters == [p.shape[0] for p in protos] and pre.model.head_temperature == 0.1
     assert pre.info["prototype_sizes"] == [p.shape[0] for p in protos]
     assert all(torch.equal(a, b) for a, b in zip(pre.info["prototypes"], protos))
     head = pre.info["projection_head"]
@@ -432,6 +432,10 @@ def test_swav_layout_file_keeps_the_backbone_and_the_prototypes_beside_it(tmp_pa
         feats = pre.model.features(x)
         assert torch.allclose(feats, torch.flatten(torch.nn.Sequential(*list(tv.children())[:-1])(x), 1), atol=1e-5)
         assert torch.allclose(head(feats), proj(feats), atol=1e-6)
+        z = torch.nn.functional.normalize(proj(feats), dim=1)
+        for scores, p in zip(pre.model(x), protos):
+            expected = z @ torch.nn.functional.normalize(p, dim=1).t() / 0.1
+            assert torch.allclose(scores, expected, atol=1e-5)
 
 
 def test_swav_layout_without_extras_and_with_fc(swav_resnet50):

@@ -203,3 +203,30 @@ def test_backend_names():
 
     with pytest.raises(ValueError, match="'triton'"):
         _pick_backend(torch.zeros(4, 3), "cuda")
+
+
+@pytest.mark.parametrize("dtype", STORAGE)
+@pytest.mark.parametrize("n, k", [(37, 5), (130, 33), (64, 1)])
+@pytest.mark.parametrize("kept", [False, True])
+def test_forming_a_block_matches_the_cpu(tk, dtype, n, k, kept):
+    """P = exp(lam S - row max - column max), floored, in the storage dtype; the kept scaled scores; the
+    column maxima; non-finite scores counted (what the buffer's torch path computes on the CPU)."""
+    g = torch.Generator().manual_seed(n * k)
+    S = 3 * torch.randn(n, k, generator=g)
+    lam = 10.0
+    x = lam * S - (lam * S).amax(dim=1, keepdim=True)
+    col_expected = x.amax(dim=0)
+    expected = (x - col_expected).clamp(min=-87.0).exp()
+    out = torch.empty(n, k, dtype=dtype)
+    keep = torch.empty(n, k) if kept else None
+    tk.reset_counts()
+    col, bad = tk.form_block(S, lam, out, keep)
+    assert tk.COUNTS["launches"] == 2 and int(bad) == 0
+    torch.testing.assert_close(col, col_expected, rtol=1e-6, atol=1e-5)
+    tol = {torch.float32: 1e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}[dtype]
+    torch.testing.assert_close(out.float(), expected.to(dtype).float(), rtol=tol, atol=1e-6)
+    if kept:
+        torch.testing.assert_close(keep, x, rtol=1e-6, atol=1e-5)
+    S[n // 2, 0] = float("nan")
+    S[0, k - 1] = float("inf")
+    assert int(tk.form_block(S, lam, out, None)[1]) == 2

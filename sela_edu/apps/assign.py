@@ -5,7 +5,7 @@
 
 * the ``model.pt`` (or, after ``label --backbone``, the ``heads.pt``) that ``sela-edu label`` wrote;
 * a kit training checkpoint (``last.pt`` of :func:`sela_edu.training.train`);
-* a released SeLa model, by name (see :mod:`sela_edu.apps.pretrained`, downloaded once) or as a file in the
+* a released model (SeLa's, or SwAV's, DeepCluster-v2's and SeLa-v2's), by name (see :mod:`sela_edu.apps.pretrained`, downloaded once) or as a file in the
   authors' format (their clustering heads: 3000 clusters each for the paper's ImageNet models).
 
 Images are read and decoded as ``label`` reads them (same files, same skipping of bad files, same size
@@ -110,7 +110,7 @@ def load_trained_clusters(model: str | os.PathLike, *, progress: bool = True) ->
     key = normalise_name(spec)
     if key in pretrained.RELEASED:
         pre = pretrained.load_released(key, progress=progress)
-        return _from_pretrained(pre, f"released SeLa model {key}", lam=None)
+        return _from_pretrained(pre, f"released model {key}", lam=None)
     path = Path(spec).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"no model file {path} (and {spec!r} is not a released model: "

@@ -12,7 +12,7 @@ Two ways to get the network:
   the small CNN on the in-memory images with the paper's augmentations, ``heads`` heads of ``clusters``
   clusters, label optimisations dense early and sparse late. Checkpoints go to ``OUT/checkpoints``
   after every epoch; running the same command again resumes there (``restart=True`` starts over).
-* **From a pretrained backbone** (``backbone=``): a released SeLa model by name (see
+* **From a pretrained backbone** (``backbone=``): a released model (SeLa's or SwAV's kin) by name (see
   :mod:`sela_edu.apps.pretrained`), ``torchvision:resnet18`` / ``torchvision:resnet50`` (ImageNet-supervised
   weights, downloaded by torchvision), or a checkpoint file (an official one, a torchvision-format one, a
   kit training checkpoint, or the ``model.pt`` an earlier ``sela-edu label`` run wrote). The backbone is
@@ -218,7 +218,7 @@ def resolve_backbone(backbone: str, *, progress: bool):
     key = normalise_name(spec)
     if key in pretrained.RELEASED:
         pre = pretrained.load_released(key, progress=progress)
-        return pre.model, pre.image_size, pre.mean, pre.std, f"released SeLa model {key}"
+        return pre.model, pre.image_size, pre.mean, pre.std, f"released model {key}"
     path = Path(spec).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"backbone {spec!r} is neither a released model ({', '.join(pretrained.RELEASED)}), "

@@ -197,6 +197,10 @@ class ScoreBuffer:
             col, finite = _kernels.form_block(x, lam, self.storage[rows], keep)
             if check and not finite:
                 check_finite(x)
+        elif _kernels.triton_forms(x, self.storage):  # CUDA: two launches, P written once
+            col, bad = _kernels.triton_kernels().form_block(x, lam, self.storage[rows], keep)
+            if check and int(bad):
+                check_finite(x)
         else:
             if check:
                 check_finite(x)

@@ -17,14 +17,13 @@ The ``"swav"`` layout (the SwAV, DeepCluster-v2 and SeLa-v2 ResNet-50s of facebo
 torchvision's ResNet keys beside ``projection_head.*`` and ``prototypes.*``; the backbone is read exactly
 as the ``"torchvision"`` layout's (the official ``hubconf.py`` does the same: ``module.`` stripped, the
 rest loaded into torchvision's ``resnet50``; the official model's extra 1-pixel pad plus a 7x7 convolution
-of padding 2 equals torchvision's padding 3). The prototypes are **not** made the kit model's heads: they
-score the L2-normalised 128-d output of the MLP projection head, not the 2048-d features the kit's linear
-heads read, so no kit head reproduces them. They are kept beside the model instead:
-``info["projection_head"]`` (an ``nn.Module`` in eval mode, or None) and ``info["prototypes"]`` (one
-``K x 128`` weight per prototype set: one for SwAV and SeLa-v2, three for DeepCluster-v2; empty when the
-file has none), so SwAV's cluster scores are ``F.normalize(proj(model.features(x))) @ P.T``. The kit model
-itself gets ``fc`` as its head when the file has one, else the placeholder head of a headless network:
-what the kit evaluates of these models is the backbone (kNN, linear probes, ``label --backbone``).
+of padding 2 equals torchvision's padding 3). The prototypes score the L2-normalised 128-d output of the
+MLP projection head, not the 2048-d features: the kit model takes both, as its projection head
+(:class:`~sela_edu.models.MultiHeadNet`'s ``projection``) and one cosine head per prototype set (one for SwAV
+and SeLa-v2, three for DeepCluster-v2) at SwAV's temperature 0.1, so that its heads give SwAV's cluster
+scores (``assign``, the heads' NMI). They are also kept as ``info["projection_head"]`` (a module, or None)
+and ``info["prototypes"]`` (K x 128 weights). A file without them (or with another projection head) keeps
+``fc`` as its head when it has one, else the placeholder head of a headless network.
 """
 
 from __future__ import annotations
@@ -287,7 +286,37 @@ def model_from_state_dict(state: Mapping[str, Any], layout: str = "auto", *, str
             model.rotation_head = info["rotation_head"]
     if info["layout"] == "swav":
         _swav_extras(info, model.feature_dim, source)
+        _adopt_prototypes(model, info)
     return model.eval(), info
+
+
+#: The temperature SwAV, DeepCluster-v2 and SeLa-v2 trained their prototypes at (``--temperature 0.1``).
+SWAV_TEMPERATURE = 0.1
+
+
+def _adopt_prototypes(model: MultiHeadNet, info: dict) -> None:
+    """Where a SwAV-layout file has the MLP projection head of the kit's shape (Linear, BatchNorm, ReLU,
+    Linear) and prototypes, the model becomes the network they trained: that projection head, and one cosine
+    head per prototype set at SwAV's temperature (so that ``assign`` and the heads' NMI read its clusters)."""
+    head, prototypes = info["projection_head"], info["prototypes"]
+    kinds = [type(m) for m in head] if isinstance(head, nn.Sequential) else []
+    if kinds != [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear] or not prototypes:
+        return
+    model.projection, model.head_dim = head, head[-1].out_features
+    model.head_temperature = SWAV_TEMPERATURE
+    heads = []
+    for weight in prototypes:
+        layer = nn.Linear(model.head_dim, weight.shape[0])
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+            layer.bias.zero_()  # cosine heads read no bias
+        heads.append(layer)
+    model.heads = nn.ModuleList(heads)
+    ks = [int(w.shape[0]) for w in prototypes]
+    model.build_kwargs.update(head_temperature=SWAV_TEMPERATURE, projection_dim=model.head_dim,
+                              projection_hidden=head[0].out_features, num_heads=len(ks),
+                              num_clusters=ks if len(set(ks)) > 1 else ks[0])
+    info["head_sizes"] = ks
 
 
 def _swav_extras(info: dict, feature_dim: int, source: str) -> None:

@@ -105,7 +105,7 @@ def _swav(name: str, stem: str, method: str, heads: int, training: str) -> Relea
     filename = f"{stem}_pretrain.pth.tar"
     return ReleasedModel(name, SWAV_URL + filename, filename, "resnet50", "swav", heads, 3000,
                          description=f"torchvision ResNet-50 trained with {method} ({training}), {heads} x 3000 "
-                         "prototypes on a 128-d projection (kept in info, not as heads); from "
+                         "prototypes on a 128-d projection (the kit model's projection and cosine heads); from "
                          "facebookresearch/swav (Caron et al. 2020)", figures=README_FIGURES[name])
 
 

@@ -26,17 +26,17 @@ bfloat16 at all. ``exp`` is a vectorised polynomial (relative error below 3e-7 o
 times faster than the scalar library call numba would otherwise emit. Maxima go through LLVM's
 ``maxnum`` (:func:`_fmax`), which vectorises where numba's ``max`` does not.
 
-On a GPU, where triton is importable (it ships with torch's CUDA builds), the passes and the argmax are
-Triton kernels (:mod:`.triton_passes`) that read every entry of ``P`` once, in its storage dtype (float32,
-bfloat16 or float16), accumulating in float32. On a GPU without triton, and on the CPU for bfloat16 with an
+On a GPU, where triton is importable (it ships with torch's CUDA builds), forming ``P``, the passes and the
+argmax are Triton kernels (:mod:`.triton_passes`) that read every entry of ``P`` once, in its storage dtype
+(float32, bfloat16 or float16), accumulating in float32. On a GPU without triton, and on the CPU for bfloat16 with an
 odd K or float16, the same quantities are computed with torch matrix-vector products (block by block for
 half-precision storage, so the float32 copy of a block stays small).
 """
 
 from sela_edu.labelling._kernels.forming import can_form, form_block, reform_block
 from sela_edu.labelling._kernels.ops import HAVE_NUMBA, LOG_FLOOR, NUMBA_MIN_ENTRIES, numba_supports
-from sela_edu.labelling._kernels.passes import (argmax_scaled, fused_pass, hessian_pass, triton_kernels,
-                                                 triton_supports)
+from sela_edu.labelling._kernels.passes import (argmax_scaled, fused_pass, hessian_pass, triton_forms,
+                                                 triton_kernels, triton_supports)
 
 __all__ = ["HAVE_NUMBA", "LOG_FLOOR", "NUMBA_MIN_ENTRIES", "can_form", "form_block", "reform_block", "numba_supports",
-           "fused_pass", "hessian_pass", "argmax_scaled", "triton_kernels", "triton_supports"]
+           "fused_pass", "hessian_pass", "argmax_scaled", "triton_kernels", "triton_supports", "triton_forms"]

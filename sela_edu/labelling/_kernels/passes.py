@@ -275,6 +275,14 @@ def triton_supports(P: torch.Tensor) -> bool:
     return tk is not None and tk.supports(P)
 
 
+def triton_forms(S: torch.Tensor, storage: torch.Tensor) -> bool:
+    """Whether a block of CUDA storage is formed by the Triton kernels (:func:`.triton_passes.form_block`)."""
+    if storage.device.type != "cuda":
+        return False
+    tk = triton_kernels()
+    return tk is not None and tk.can_form(S, storage)
+
+
 def _pairs_view_ok(P: torch.Tensor) -> bool:
     """Whether bfloat16 ``P`` can be read as uint32 words of two entries (even K, 4-byte aligned)."""
     return (P.dtype == torch.bfloat16 and P.shape[1] % 2 == 0 and P.storage_offset() % 2 == 0

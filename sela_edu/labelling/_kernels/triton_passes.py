@@ -13,6 +13,11 @@ program forms ``q = P * b``, the row sums ``u`` (clamped at ``U_MIN``), adds ``s
 Each program writes one row of partial column sums and one log sum; torch adds them (in float64)
 afterwards, so the result does not depend on the order programs finish in (no atomics).
 
+**Forming.** :func:`form_block` writes a block of ``P`` from float32 scores in two launches (the rows'
+maxima and per-program column maxima, then the exponentials written in the storage dtype), reading the
+scores twice and writing ``P`` once, as the CPU's compiled kernel does, instead of the seven sweeps of
+the torch ops it replaces.
+
 **Counting.** :data:`COUNTS` counts the kernel launches and the host-to-device uploads the wrappers make;
 nothing here reads a device value back to the host (no ``.item()``, ``.cpu()``, ``.tolist()``), so a pass
 is one launch and two small torch reductions, and the solver's one synchronisation per pass is where the
@@ -26,7 +31,7 @@ import os
 import numpy as np
 import torch
 
-from sela_edu.labelling._kernels.ops import U_MIN
+from sela_edu.labelling._kernels.ops import LOG_FLOOR, U_MIN
 from sela_edu.labelling._kernels.walk import walk
 
 try:
@@ -122,6 +127,87 @@ if HAVE_TRITON:
                 q = tl.where(cmask[None, :], p * b[None, :], -1.0)  # entries are >= 0: padding never wins
                 arg = tl.argmax(q, axis=1, tie_break_left=True)
                 tl.store(OUT + rows, arg.to(tl.int64), mask=rmask)
+
+
+    @triton.jit
+    def _form_max_kernel(S, ROWMAX, PARTIAL, BAD, m, K, stride_s, per_prog, lam,
+                         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):  # pragma: no cover
+        """Rows' maxima of lam S; per program the column maxima of lam S - row max and the non-finite count."""
+        pid = tl.program_id(0)
+        cols = tl.arange(0, BLOCK_K)
+        cmask = cols < K
+        acc = tl.full([BLOCK_K], float("-inf"), tl.float32)
+        bad = tl.zeros([BLOCK_M], dtype=tl.int32)
+        r0 = pid * per_prog
+        r1 = tl.minimum(r0 + per_prog, m)
+        for i in range(r0, r1, BLOCK_M):
+            rows = i + tl.arange(0, BLOCK_M)
+            rmask = rows < r1
+            mask = rmask[:, None] & cmask[None, :]
+            s = tl.load(S + rows[:, None] * stride_s + cols[None, :], mask=mask, other=0.0)
+            finite = (s == s) & (tl.abs(s) < float("inf"))
+            bad += tl.sum(tl.where(mask & ~finite, 1, 0), axis=1)
+            x = tl.where(mask, lam * s, float("-inf"))
+            r = tl.where(rmask, tl.max(x, axis=1), 0.0)  # padding rows: no -inf - -inf
+            tl.store(ROWMAX + rows, r, mask=rmask)
+            acc = tl.maximum(acc, tl.max(tl.where(mask, x - r[:, None], float("-inf")), axis=0))
+        tl.store(PARTIAL + pid * K + cols, acc, mask=cmask)
+        tl.store(BAD + pid, tl.sum(bad, axis=0))
+
+    @triton.jit
+    def _form_write_kernel(S, ROWMAX, COL, OUT, KEEP, m, K, stride_s, stride_o, stride_k, per_prog, lam,
+                           FLOOR: tl.constexpr, KEPT: tl.constexpr, BLOCK_M: tl.constexpr,
+                           BLOCK_K: tl.constexpr):  # pragma: no cover
+        """P = exp(max(lam S - row max - column max, FLOOR)) in OUT's dtype; KEEP gets lam S - row max."""
+        pid = tl.program_id(0)
+        cols = tl.arange(0, BLOCK_K)
+        cmask = cols < K
+        col = tl.load(COL + cols, mask=cmask, other=0.0)
+        r0 = pid * per_prog
+        r1 = tl.minimum(r0 + per_prog, m)
+        for i in range(r0, r1, BLOCK_M):
+            rows = i + tl.arange(0, BLOCK_M)
+            rmask = rows < r1
+            mask = rmask[:, None] & cmask[None, :]
+            s = tl.load(S + rows[:, None] * stride_s + cols[None, :], mask=mask, other=0.0)
+            x = lam * s - tl.load(ROWMAX + rows, mask=rmask, other=0.0)[:, None]
+            if KEPT:
+                tl.store(KEEP + rows[:, None] * stride_k + cols[None, :], x, mask=mask)
+            p = tl.exp(tl.maximum(x - col[None, :], FLOOR))
+            tl.store(OUT + rows[:, None] * stride_o + cols[None, :], p.to(OUT.dtype.element_ty), mask=mask)
+
+
+def form_block(S: torch.Tensor, lam: float, out: torch.Tensor, keep: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What :func:`~sela_edu.labelling._kernels.forming.form_block` computes, in two launches: ``out`` (float32,
+    bfloat16 or float16, shaped like the float32 scores ``S``) gets ``exp(lam S - row max - column max)``
+    floored at e^-87, ``keep`` (float32, or None) ``lam S - row max``. Returns the column maxima (float32
+    K-vector on the device) and the number of non-finite scores (an int32 0-d tensor on the device: reading
+    it is the caller's one wait)."""
+    m, k = S.shape
+    block_m, block_k, warps = _block_shape(k)
+    progs = _programs(S.device, -(-m // block_m))
+    per_prog = -(-m // progs)
+    per_prog = -(-per_prog // block_m) * block_m  # whole tiles per program
+    progs = max(1, -(-m // per_prog))
+    rowmax = torch.empty(m, dtype=torch.float32, device=S.device)
+    partial = torch.empty(progs, k, dtype=torch.float32, device=S.device)
+    bad = torch.empty(progs, dtype=torch.int32, device=S.device)
+    _form_max_kernel[(progs,)](S, rowmax, partial, bad, m, k, S.stride(0), per_prog, float(lam),
+                               BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps)
+    col = partial.amax(dim=0)
+    keep_arg = keep if keep is not None else out
+    _form_write_kernel[(progs,)](S, rowmax, col, out, keep_arg, m, k, S.stride(0), out.stride(0),
+                                 keep_arg.stride(0), per_prog, float(lam), FLOOR=LOG_FLOOR, KEPT=keep is not None,
+                                 BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps)
+    COUNTS["launches"] += 2
+    return col, bad.sum()
+
+
+def can_form(S: torch.Tensor, storage: torch.Tensor) -> bool:
+    """Whether :func:`form_block` applies: float32 contiguous scores and storage the kernels read, on one device."""
+    return (supports(storage) and S.device == storage.device and S.dtype == torch.float32 and S.dim() == 2
+            and S.is_contiguous() and S.shape[1] == storage.shape[1])
 
 
 def _block_shape(k: int) -> tuple[int, int, int]:
