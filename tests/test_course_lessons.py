@@ -1,5 +1,5 @@
 """The loops and harnesses the notebooks call (sela_edu.course.studies.objective, imbalance_study, label_transfer,
-timing), on the digits and tiny sizes."""
+timing, online), on the digits and tiny sizes."""
 
 import numpy as np
 import pytest
@@ -164,3 +164,60 @@ def test_scaling_fit_recovers_a_linear_law_and_extrapolates_it():
     assert fit["per_entry"] == pytest.approx(2e-9) and fit["passes"] == 4
     assert fit["extrapolated"] == pytest.approx(2e-9 * 10**6 * 100 * 4)
     assert np.isnan(timing.scaling_fit(rows[:1], 100)["slope"])
+
+
+# ---------------------------------------------------------------- 09: from SeLa to SwAV
+
+def _cosines(n=320, k=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(n, k, generator=g) * 0.3
+    scores[:, 0] += 0.4                             # one prototype preferred: codes must balance it away
+    return scores.clamp(-1, 1)
+
+
+def test_iteration_sweep_one_row_per_setting_and_iterations_balance_the_batches():
+    from sela_edu.course.studies import online
+
+    sweep = online.iteration_sweep(_cosines(), (1, 3, 100), batch=64, lam=10.0)
+    assert list(sweep) == ["1 iteration", "3 iterations", "100 iterations", "full set"]
+    for row in sweep.values():
+        assert int(row["sizes"].sum()) == 320 and len(row["sizes"]) == 10
+    # more iterations, clusters within a batch closer to B/K
+    assert sweep["100 iterations"]["batch_largest"] <= sweep["1 iteration"]["batch_largest"]
+    assert np.isnan(sweep["full set"]["batch_largest"])
+
+
+def test_queue_sweep_measures_each_queue_length_on_the_same_batches():
+    from sela_edu.course.studies import online
+
+    queued = online.queue_sweep(_cosines(), (0, 32, 128), batch=16)
+    assert list(queued) == [0, 32, 128]
+    assert all(r["largest"] >= 1.0 and 0 <= r["empty"] <= 10 for r in queued.values())
+    with pytest.raises(ValueError, match="cannot give a queue"):
+        online.queue_sweep(_cosines(n=100), (0, 128), batch=16)
+
+
+def test_successor_config_scales_the_small_crops_to_the_data_set():
+    from sela_edu.course.studies import online
+    from sela_edu.training import PRESETS
+
+    fashion = online.successor_config("swav", "fashion-mnist", epochs=1)
+    assert fashion.method == "swav" and fashion.small_crop_size == PRESETS["swav-classroom"]["small_crop_size"]
+    assert fashion.epochs == 1
+    digits = online.successor_config("sela-v2", "digits", max_images=None)
+    assert digits.small_crop_size == 5 and digits.dataset == "digits"      # 16 px of 28, at 8 px
+    with pytest.raises(ValueError, match="unknown successor"):
+        online.successor_config("sela", "digits")
+
+
+def test_prototype_scores_are_cosines_and_refuse_a_linear_head(digits):
+    from sela_edu.course.studies import online
+
+    part = digits.subset(torch.arange(64))
+    torch.manual_seed(0)
+    net = build_model("smallcnn", num_heads=1, num_clusters=CLUSTERS, in_channels=digits.num_channels,
+                      image_size=digits.image_size, head_temperature=0.1, projection_dim=16)
+    scores = online.prototype_scores(net, part)
+    assert scores.shape == (64, CLUSTERS) and float(scores.abs().max()) <= 1.0 + 1e-5
+    with pytest.raises(ValueError, match="no cosine heads"):
+        online.prototype_scores(_network(digits), part)

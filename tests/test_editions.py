@@ -208,7 +208,7 @@ def _kit_answers():
     return test_exercises.KIT_ANSWERS
 
 
-@pytest.mark.parametrize("name", ["sinkhorn_step", "size_spread", "matched_agreement"])
+@pytest.mark.parametrize("name", ["sinkhorn_step", "size_spread", "matched_agreement", "my_batch_codes"])
 def test_hidden_tests_fail_an_answer_that_only_calls_the_kit(name):
     hidden = (MATERIAL / "hidden_tests" / f"{name}.py").read_text()
     with pytest.raises(exercises.ExerciseFailure, match=f"{name} calls the kit's sela_edu"):

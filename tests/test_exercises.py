@@ -294,6 +294,69 @@ def test_beats_verdict():
             exercises.check_beats_verdict(wrong, quiet=True)
 
 
+# ---------------------------------------------------------------- 09: SwAV's batch Sinkhorn
+
+def codes_right(scores, epsilon, iterations):
+    q = torch.exp((scores - scores.max()) / epsilon)
+    b, k = q.shape
+    for _ in range(iterations):
+        q = q / q.sum(dim=0, keepdim=True) * (b / k)
+        q = q / q.sum(dim=1, keepdim=True)
+    return q
+
+
+def codes_right_numpy(scores, epsilon, iterations):
+    q = np.exp((np.asarray(scores, dtype=np.float64) - float(scores.max())) / epsilon)
+    b, k = q.shape
+    for _ in range(iterations):
+        q *= (b / k) / q.sum(axis=0)
+        q /= q.sum(axis=1, keepdims=True)
+    return q
+
+
+def codes_rows_first(scores, epsilon, iterations):
+    q = torch.exp((scores - scores.max()) / epsilon)
+    b, k = q.shape
+    for _ in range(iterations):
+        q = q / q.sum(dim=1, keepdim=True)
+        q = q / q.sum(dim=0, keepdim=True) * (b / k)
+    return q
+
+
+def codes_columns_only(scores, epsilon, iterations):
+    q = torch.exp((scores - scores.max()) / epsilon)
+    b, k = q.shape
+    for _ in range(iterations):
+        q = q / q.sum(dim=0, keepdim=True) * (b / k)
+    return q
+
+
+def test_batch_codes_accepts_right_answers(capsys):
+    exercises.check_batch_codes(codes_right)
+    assert "Correct" in capsys.readouterr().out
+    exercises.check_batch_codes(codes_right_numpy, quiet=True)
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (codes_rows_first, "rows sum to .* each iteration scales the columns first and the rows last"),
+        (codes_columns_only, "rows sum to"),
+        (lambda s, e, i: codes_right(s, 1.0, i), "without epsilon"),
+        (lambda s, e, i: codes_right(s, 1.0 / e, i), r"exp\(scores \* epsilon\)"),
+        (lambda s, e, i: codes_right(s, e, i - 1), "one iteration too few"),
+        (lambda s, e, i: codes_right(s, e, i + 1), "one iteration too many"),
+        (lambda s, e, i: torch.softmax(s / e, dim=1), "softmax"),
+        (lambda s, e, i: codes_right(s, e, i).T, "transposed"),
+        (lambda s, e, i: codes_right(s, e, i) * float("nan"), "NaN or inf"),
+        (lambda s, e, i: codes_right(s, e, i) * 0.5 + 0.5 / s.shape[1], "differ from SwAV's"),
+    ],
+)
+def test_batch_codes_rejects_wrong_answers_with_a_hint(wrong, hint):
+    with pytest.raises(ExerciseFailure, match=hint):
+        exercises.check_batch_codes(wrong, quiet=True)
+
+
 # ---------------------------------------------------------------- every exercise
 
 @pytest.mark.parametrize("name", sorted(exercises.EXERCISES))
@@ -347,8 +410,15 @@ def kit_beats_verdict(a, b):
     return Beats("a", "b", "knn").judge({"a": a, "b": b}).verdict
 
 
+def kit_my_batch_codes(scores, epsilon, iterations):
+    from sela_edu.labelling import batch_codes
+
+    return batch_codes(scores, epsilon, iterations)
+
+
 KIT_ANSWERS = {"sinkhorn_step": kit_sinkhorn_step, "size_spread": kit_size_spread,
-               "matched_agreement": kit_matched_agreement, "beats_verdict": kit_beats_verdict}
+               "matched_agreement": kit_matched_agreement, "beats_verdict": kit_beats_verdict,
+               "my_batch_codes": kit_my_batch_codes}
 
 
 @pytest.mark.parametrize("name", sorted(KIT_ANSWERS))

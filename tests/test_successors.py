@@ -76,6 +76,11 @@ def test_batch_codes_are_equipartitioned_within_the_iterations_reach():
     assert spread[1] < spread[0] and spread[2] < spread[1] and spread[3] < 1e-3   # closer with every iteration
 
 
+def test_no_iteration_is_each_rows_softmax():
+    scores = torch.randn(20, 6, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(batch_codes(scores, 0.5, 0), torch.softmax(scores / 0.5, dim=1))
+
+
 def test_batch_codes_refuse_bad_input():
     with pytest.raises(ValueError, match="NaN"):
         batch_codes(torch.tensor([[0.1, float("nan")]]))

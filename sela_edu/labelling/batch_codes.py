@@ -22,7 +22,8 @@ def batch_codes(scores: torch.Tensor, epsilon: float = SWAV_EPSILON, iterations:
                 distributed: bool | None = None) -> torch.Tensor:
     """The codes of a batch (B x K, each row summing to 1) from its prototype scores ``scores`` (B x K,
     cosines in [-1, 1]): ``exp(scores / epsilon)`` scaled ``iterations`` times to equal cluster masses B/K,
-    then to rows of mass 1 (the last scaling, so that every row is a distribution).
+    then to rows of mass 1 (the last scaling, so that every row is a distribution). ``iterations=0`` gives
+    each row's softmax of ``scores / epsilon``: no equal-size constraint at all (what collapses).
 
     Under ``torch.distributed`` (``distributed=None`` follows it) the sums run over every rank's rows,
     as SwAV's ``distributed_sinkhorn``: B is then the global batch.
@@ -51,6 +52,8 @@ def batch_codes(scores: torch.Tensor, epsilon: float = SWAV_EPSILON, iterations:
     for _ in range(iterations):
         q /= total(q.sum(dim=1, keepdim=True)) * k   # every cluster a mass of 1/K
         q /= q.sum(dim=0, keepdim=True) * batch      # every image a mass of 1/B
+    if not iterations:  # no constraint at all: each row's softmax of scores / epsilon
+        q /= q.sum(dim=0, keepdim=True) * batch
     return (q * batch).t()
 
 

@@ -304,7 +304,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
-        for name, minimum in (("large_crops", 1), ("small_crops", 0), ("swav_iterations", 1), ("queue_length", 0),
+        for name, minimum in (("large_crops", 1), ("small_crops", 0), ("swav_iterations", 0), ("queue_length", 0),
                               ("queue_start_epoch", 0), ("freeze_prototypes_steps", 0), ("kmeans_iters", 1)):
             positive_int(name, minimum)
         for name in ("small_crop_size", "projection_dim", "projection_hidden"):

@@ -29,7 +29,7 @@ def fallback_notice(wanted: str = "fashion-mnist") -> str:
 
 def cpu_dataset(profile: str, dataset: str | None = None, data_root: str | os.PathLike | None = None, *,
                 paper: str | None = None, log: Callable[[str], None] | None = print) -> str:
-    """The data set a CPU notebook (02, 03, 05, 06) or ``sela-edu run`` uses, by the first rule that applies:
+    """The data set a CPU notebook (02, 03, 05, 06, 09) or ``sela-edu run`` uses, by the first rule that applies:
 
     1. ``dataset`` when given (its canonical name: ``"cifar-10"`` gives ``"cifar10"``);
     2. at the ``paper`` profile, ``paper`` when given (notebook 05 runs CIFAR-10 there; the notebook

@@ -73,7 +73,8 @@ class NotebookInfo:
 
 
 #: Notebooks whose ``dataset`` parameter defaults to the CPU data set (Fashion-MNIST, else the digits).
-CPU_NOTEBOOKS = ("02_self_labelling_objective", "03_self_labelling_on_cpu", "05_imbalance", "06_label_transfer")
+CPU_NOTEBOOKS = ("02_self_labelling_objective", "03_self_labelling_on_cpu", "05_imbalance", "06_label_transfer",
+                 "09_from_sela_to_swav")
 
 
 NOTEBOOKS: tuple[NotebookInfo, ...] = (
@@ -90,6 +91,9 @@ NOTEBOOKS: tuple[NotebookInfo, ...] = (
     # profile only reads the recorded ledger, so it needs data only when told to run what docs/ledger lacks
     NotebookInfo("08_what_reproduces", "What reproduces: the paper's claims, tested",
                  needs=lambda profile, p: "fashion-mnist" if profile != "smoke" and p.get("run_missing") else None),
+    # SeLa's successors: two short trainings on the CPU data set (the digits at smoke); the ledger's rows
+    # of claims 10-14 are read from docs/ledger
+    NotebookInfo("09_from_sela_to_swav", "From SeLa to SwAV"),
 )
 
 

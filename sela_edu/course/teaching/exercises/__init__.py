@@ -11,9 +11,9 @@ values planted in the test problem by construction) or by agreement with the kit
 functions that the course teaches with (:func:`sela_edu.ot.sinkhorn`,
 :func:`sela_edu.evaluation.weighted_knn`, :mod:`sela_edu.evaluation.metrics`). The reference solutions live in the
 instructor material (the solution edition of the notebooks, ``instructor/``), which students do not
-install. Three exercises re-derive a kit function (``sinkhorn_step``: ``sinkhorn(-log Q, a, b, 1,
+install. Some exercises re-derive a kit function (``sinkhorn_step``: ``sinkhorn(-log Q, a, b, 1,
 max_iter=1)``; ``size_spread``: :func:`~sela_edu.evaluation.metrics.cluster_size_spread`; ``matched_agreement``:
-:func:`~sela_edu.evaluation.metrics.cluster_accuracy`): their checkers call the student's function with that kit
+:func:`~sela_edu.evaluation.metrics.cluster_accuracy`; ``my_batch_codes``: :func:`~sela_edu.labelling.batch_codes`): their checkers call the student's function with that kit
 function refused (:func:`without_kit`), so an answer that only calls it fails.
 
 | exercise | notebook | student writes |
@@ -27,11 +27,12 @@ function refused (:func:`without_kit`), so an answer that only calls it fails.
 | :func:`check_matched_agreement` | 06 | ``matched_agreement(labels_a, labels_b)``: agreement after matching ids one to one |
 | :func:`check_column_max` | 07 | ``column_max(blocks)``: column maxima of a score matrix that arrives block by block |
 | :func:`check_beats_verdict` | 08 | ``beats_verdict(a, b)``: "A beats B" over seeds: reproduces, does not, or within the spread |
+| :func:`check_batch_codes` | 09 | ``my_batch_codes(scores, epsilon, iterations)``: SwAV's codes of one batch (exp(scores / epsilon), columns to B/K, rows to 1) |
 
 The machinery every checker shares is in :mod:`~sela_edu.course.teaching.exercises.checking`; the checkers are
 grouped by notebook: :mod:`~sela_edu.course.teaching.exercises.transport` (01, 02),
 :mod:`~sela_edu.course.teaching.exercises.learning` (03, 04), :mod:`~sela_edu.course.teaching.exercises.clusters` (05 to 07),
-:mod:`~sela_edu.course.teaching.exercises.reproduction` (08).
+:mod:`~sela_edu.course.teaching.exercises.reproduction` (08), :mod:`~sela_edu.course.teaching.exercises.online` (09).
 Every name is importable from here (``from sela_edu.course.teaching import exercises``).
 """
 
@@ -39,6 +40,7 @@ from collections.abc import Callable
 
 from sela_edu.course.teaching.exercises.checking import ExerciseFailure, without_kit
 from sela_edu.course.teaching.exercises.clusters import check_column_max, check_matched_agreement, check_size_spread
+from sela_edu.course.teaching.exercises.online import check_batch_codes
 from sela_edu.course.teaching.exercises.learning import check_multihead_loss, check_weighted_knn_vote
 from sela_edu.course.teaching.exercises.reproduction import check_beats_verdict
 from sela_edu.course.teaching.exercises.transport import check_equipartition, check_labels_from_plan, check_sinkhorn_step
@@ -54,6 +56,7 @@ __all__ = [
     "check_matched_agreement",
     "check_column_max",
     "check_beats_verdict",
+    "check_batch_codes",
     "without_kit",
     "EXERCISES",
 ]
@@ -70,4 +73,5 @@ EXERCISES: dict[str, tuple[Callable, str]] = {
     "matched_agreement": (check_matched_agreement, "06_label_transfer"),
     "column_max": (check_column_max, "07_imagenet_scale"),
     "beats_verdict": (check_beats_verdict, "08_what_reproduces"),
+    "my_batch_codes": (check_batch_codes, "09_from_sela_to_swav"),
 }
