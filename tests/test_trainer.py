@@ -53,7 +53,22 @@ def _untimed(history):
 
 def test_presets_match_the_official_recipes():
     assert set(PRESETS) == {"smoke", "classroom", "classroom-short", "classroom-imbalance", "folder",
-                            "folder-backbone", "cifar-paper", "cifar-32", "imagenet-paper"}
+                            "folder-backbone", "cifar-paper", "cifar-32", "imagenet-paper", "sela-v2-classroom",
+                            "deepcluster-v2-classroom", "swav-classroom", "swav-imagenet", "deepcluster-v2-imagenet",
+                            "sela-v2-imagenet"}
+    # facebookresearch/swav scripts/swav_400ep_bs256_pretrain.sh and deepclusterv2_400ep_pretrain.sh
+    swav = config_from_preset("swav-imagenet")
+    assert (swav.method, swav.arch, swav.num_clusters, swav.swav_epsilon, swav.swav_iterations, swav.head_temperature) == \
+        ("swav", "resnet50", 3000, 0.05, 3, 0.1)
+    assert (swav.large_crops, swav.small_crops, swav.image_size, swav.small_crop_size) == (2, 6, 224, 96)
+    assert (swav.large_crop_scale, swav.small_crop_scale) == ([0.14, 1.0], [0.05, 0.14])
+    assert (swav.queue_length, swav.queue_start_epoch, swav.freeze_prototypes_steps) == (3840, 15, 5005)
+    assert (swav.batch_size, swav.lr, swav.weight_decay, swav.epochs, swav.projection_dim, swav.projection_hidden) == \
+        (64, 0.6, 1e-6, 400, 128, 2048)
+    dc = config_from_preset("deepcluster-v2-imagenet")
+    assert (dc.method, dc.num_heads, dc.num_clusters, dc.large_crops, dc.small_crops, dc.image_size) == \
+        ("deepcluster-v2", 3, 3000, 2, 4, 160)
+    assert (dc.large_crop_scale, dc.freeze_prototypes_steps, dc.lr, dc.kmeans_iters) == ([0.08, 1.0], 300_000, 4.8, 10)
     for name in ("cifar-paper", "cifar-32"):
         cifar = config_from_preset(name)
         assert (cifar.num_heads, cifar.num_clusters, cifar.lam, cifar.epochs, cifar.nopts) == (10, 128, 10.0, 400, 400)
