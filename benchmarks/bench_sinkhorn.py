@@ -23,8 +23,9 @@ in cache: the kernel overlaps the two, so neither alone can be beaten). Where no
 reference is kept, P is formed twice in the same buffer: "form s" and "total s" are the second fill (what
 every label optimisation after the first costs, the trainer resetting its buffers), "1st form" and "1st
 total" the first, which also pays for the system handing over fresh memory (its rate is printed); the
-time of one pass on its own against one read of P at the measured read bandwidth (target: at most 1.5x),
-and, where a float64 matrix fits, the share of labels on which the result agrees with the published
+time of one pass on its own against one read of P at the measured read bandwidth (target: at most 1.5x)
+and of the argmax that gives the labels (one more read of P), and, where a float64 matrix fits, the share
+of labels on which the result agrees with the published
 algorithm in numpy float64 (``reference_self_label``, tol 1e-3 here). ImageNet scale (1.28M x 3000) is
 fed block by block through a ScoreBuffer in bfloat16, as the trainer does.
 """
@@ -186,6 +187,8 @@ def bench_size(kind: str, n: int, k: int, lam: float, machine: dict, storage: st
     reps = 5 if n * k < 5e8 else 3
     per_pass = min(_timed(lambda: (_kernels.fused_pass(P, E, buf.segment_stops, w, backend), sync())) for _ in range(reps))
     row["ms_per_pass"] = per_pass * 1e3
+    row["ms_argmax"] = 1e3 * min(_timed(lambda: (_kernels.argmax_scaled(P, E, buf.segment_stops, w, backend), sync()))
+                                 for _ in range(reps))
     row["pass_vs_read"] = per_pass / (p_bytes / (machine["read"] * gb))  # target: <= 1.5
     row["backend"] = backend
     del P, buf
@@ -266,7 +269,7 @@ def main(argv=None) -> None:
                   f"{lb[2]:6.2f} {sk[0]:8d}{'' if sk[1] else '*'} {sk[2]:6.2f} {r['agreement']:7.4f}")
             sys.stdout.flush()
     header = (f"{'kind':>9} {'N x K':>13} {'storage':>8} {'mode':>8} {'passes':>6} {'err':>8} {'total s':>8} "
-              f"{'form s':>7} {'floor s':>7} {'1st total':>9} {'1st form':>8} {'ms/pass':>8} {'pass/read':>9} "
+              f"{'form s':>7} {'floor s':>7} {'1st total':>9} {'1st form':>8} {'ms/pass':>8} {'pass/read':>9} {'argmax ms':>9} "
               f"{'old it':>6} {'old s':>6} {'ref it':>6} {'agree':>7}")
     print(f"\nlambda {args.lam:g}, tol 1e-3, default method (L-BFGS; then Newton up to 256 clusters)")
     print(header)
@@ -286,7 +289,7 @@ def main(argv=None) -> None:
                        else f"{'-':>6} {'-':>7}")
                 print(f"{kind:>9} {size:>13} {storage:>8} {row['mode']:>8} {row['passes']:6d} {row['error']:8.1e} "
                       f"{row['seconds']:8.2f} {row['form_seconds']:7.2f} {row['form_floor']:7.2f} "
-                      f"{row['first_seconds']:9.2f} {row['first_form_seconds']:8.2f} {row['ms_per_pass']:8.1f} {row['pass_vs_read']:9.2f} {old_txt} {ref}")
+                      f"{row['first_seconds']:9.2f} {row['first_form_seconds']:8.2f} {row['ms_per_pass']:8.1f} {row['pass_vs_read']:9.2f} {row['ms_argmax']:9.1f} {old_txt} {ref}")
                 sys.stdout.flush()
                 gc.collect()
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")

@@ -76,10 +76,11 @@ def test_training_runs_on_the_device_with_mixed_precision(precision):
         assert torch.bincount(result.labels[head], minlength=k).min() > 0
 
 
-def test_the_training_step_and_its_batches_never_wait_for_the_device(monkeypatch):
+@pytest.mark.parametrize("amp_dtype", ["bfloat16", "float16"])
+def test_the_training_step_and_its_batches_never_wait_for_the_device(monkeypatch, amp_dtype):
     """On CUDA, torch's sync debug mode raises at any operation that makes the host wait for the GPU: none
     may happen while a batch is gathered, augmented and trained on (after the first epoch, which copies
-    the set there). bfloat16 autocast: float16's GradScaler reads its overflow flag on the host every step."""
+    the set there). float16 too: its GradScaler hands the overflow flag to the fused SGD on the device."""
     if torch.device(DEVICE).type != "cuda":
         pytest.skip("torch's sync debug mode watches CUDA only")
     from sela_edu.data import make_loader
@@ -114,7 +115,7 @@ def test_the_training_step_and_its_batches_never_wait_for_the_device(monkeypatch
             torch.cuda.set_sync_debug_mode("default")
 
     monkeypatch.setattr(loop, "sgd_step", watched)
-    config = config_from_preset("smoke", dataset="cifar10", device=DEVICE, amp=True, amp_dtype="bfloat16",
+    config = config_from_preset("smoke", dataset="cifar10", device=DEVICE, amp=True, amp_dtype=amp_dtype,
                                 method="supervised", epochs=2, max_images=None, batch_size=64)
     result = train(config, data, progress=False)
     assert len(steps) == 2 * 8 and len(result.history) == 2

@@ -224,7 +224,7 @@ def test_bfloat16_pass_equals_the_float32_pass_on_the_same_values(k):
             assert abs(logsum - exact_log) <= 1e-3, (backend, storage.dtype)
 
 
-@pytest.mark.parametrize("k", [64, 63])
+@pytest.mark.parametrize("k", [64, 63, 7])  # chunks of 32 entries (float32) or 32 pairs: whole, ragged, one
 def test_compiled_argmax_takes_the_first_largest_entry_of_each_scaled_row(k):
 
     n = 3001

@@ -424,6 +424,26 @@ def test_channels_last_is_a_layout_only_and_may_be_switched_on_resume(digits, tm
     assert len(resumed.history) == 2
 
 
+def test_a_checkpoint_from_a_gpu_resumes_with_this_devices_optimiser(digits, tmp_path):
+    # on CUDA SGD is one fused kernel (it takes float16's GradScaler flag on the device); the saved
+    # optimiser groups carry that choice, which the resuming device replaces with its own
+    from sela_edu.training.checkpoint import load_checkpoint, save_checkpoint
+
+    config = _small(epochs=1, nopts=1, checkpoint_dir=str(tmp_path))
+    train(config, digits, progress=False)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert all(g["fused"] is None for g in state["optimizer"]["param_groups"])
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = True
+    save_checkpoint(tmp_path / "last.pt", state)
+    seen = []
+    resumed = train(dataclasses.replace(config, epochs=2), digits, progress=False,
+                    callback=lambda record: seen.append(record["epoch"]))
+    assert seen == [2] and len(resumed.history) == 2
+    assert all(torch.isfinite(p).all() for p in resumed.model.parameters())
+    assert all(g["fused"] is None for g in load_checkpoint(tmp_path / "last.pt")["optimizer"]["param_groups"])
+
+
 def test_bad_training_input(digits):
     with pytest.raises(ValueError, match="nopts"):
         train(_small(nopts=50), digits, progress=False)  # 3 epochs x 8 batches

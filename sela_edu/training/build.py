@@ -13,6 +13,7 @@ from sela_edu.settings import pick_device, seed_everything
 from sela_edu.training import torchrun as dist_utils
 from sela_edu.training.config import TrainConfig
 from sela_edu.training.methods import method_for
+from sela_edu.training.runtime import fused_sgd
 from sela_edu.training.run_loaders import plain_loader, run_loader, training_augment
 from sela_edu.training.schedule import initial_labels, relabel_schedule, subset_indices
 from sela_edu.training.state import LoopState, RunSetup
@@ -116,7 +117,7 @@ def build_run(config: TrainConfig, data, labels) -> tuple[RunSetup, LoopState]:
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+                                weight_decay=config.weight_decay, fused=fused_sgd(device))
     if config.lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     else:
@@ -151,3 +152,4 @@ def build_run(config: TrainConfig, data, labels) -> tuple[RunSetup, LoopState]:
 
 
 __all__ = ['resolve_arch', 'build_for_config', 'random_init_model', 'RunSetup', 'fixed_labels', 'build_run']
+

@@ -47,8 +47,8 @@ checkpoints and shows progress bars; the callback runs on every rank.
 On a GPU the SGD step never makes the host wait for the device: in-memory images live there as uint8 and
 are gathered, augmented and normalised there (:class:`~sela_edu.data.loaders.TensorLoader`); the loss sum
 stays there and is read once per epoch (which is also when a non-finite loss is caught, naming the
-epoch); the progress bar shows the latest loss that has already reached the host. (A float16 GradScaler
-reads one flag per step to skip overflowing steps: ``amp_dtype="bfloat16"`` needs none.)
+epoch); the progress bar shows the latest loss that has already reached the host. SGD is one fused kernel
+there, which takes a float16 GradScaler's scale and overflow flag on the device.
 ``compile=True`` (or a mode name) trains through :func:`torch.compile`.
 """
 

@@ -1,4 +1,5 @@
-"""Where a run executes: waiting for the GPU (the one device synchronisation of the kit), progress bars.
+"""Where a run executes: waiting for the GPU (the one device synchronisation of the kit), the optimiser's
+kernel on each device, progress bars.
 (The model out of its DistributedDataParallel wrapper: :func:`sela_edu.models.unwrap`.)"""
 
 from __future__ import annotations
@@ -21,4 +22,12 @@ def progress_bar(iterable, enabled: bool, desc: str, **kw):
     return tqdm(iterable, desc=desc, leave=False, **kw)
 
 
-__all__ = ['sync', 'progress_bar']
+def fused_sgd(device: torch.device) -> bool | None:
+    """SGD as one fused kernel on CUDA: a float16 GradScaler then hands it the scale and the overflow flag on
+    the device, where the unfused step reads the flag on the host once per step. (None elsewhere: torch's
+    default, which keeps the CPU's arithmetic as it was.)"""
+    return True if device.type == "cuda" else None
+
+
+__all__ = ['sync', 'progress_bar', 'fused_sgd']
+

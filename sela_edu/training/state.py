@@ -19,6 +19,7 @@ from torch import nn
 
 from sela_edu.training import checkpoint as ckpt
 from sela_edu.training import torchrun as dist_utils
+from sela_edu.training.runtime import fused_sgd
 from sela_edu.training.config import (ADDED_FIELDS, RESUMABLE_CHANGES, STORAGE_DTYPE_BY_NAME, TrainConfig,
                                       upgrade_field_names)
 
@@ -137,6 +138,8 @@ def restore(s: RunSetup, loop: LoopState, path: Path) -> None:
                          f"(heads x images) but this run has {shape}: a different data set?")
     s.model.load_state_dict(state["model"])
     s.optimizer.load_state_dict(state["optimizer"])
+    for group in s.optimizer.param_groups:  # the saved groups carry the saving device's choice
+        group["fused"] = fused_sgd(s.device)
     s.scheduler.load_state_dict(state["scheduler"])
     s.scaler.load_state_dict(state["scaler"])
     loop.labels = state["labels"].clone().to(s.device)

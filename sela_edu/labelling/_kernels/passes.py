@@ -17,13 +17,89 @@ _TORCH_BLOCK_BYTES = 32 * 2**20
 
 
 if HAVE_NUMBA:
-    from numba import njit, prange
+    from numba import njit, prange, types
+    from numba.extending import overload
 
     from sela_edu.labelling._kernels.ops import f32_bits, fmax
 
+    # The two walks (:func:`_pass`, :func:`_argmax`) read P's rows as their storage holds them: float32
+    # entries, or bfloat16 pairs, a row of K bfloat16 read as K/2 uint32 words (word j holds entry 2j in its
+    # low half and 2j+1 in its high half, so ``word << 16`` and ``word & HIGH`` are the two entries as
+    # float32 bits: decoded in registers, with no widened copy of the row). A segment's scalings b and the
+    # column sums acc are c x K/c arrays, entry k at [k % c, k // c]: c = 1 for float32, 2 for pairs. The
+    # row kernels are chosen by the row's dtype when the walk is compiled (``_rows4``, ``_row1``,
+    # ``_argmax_row`` below).
+    _HIGH = np.uint32(0xFFFF0000)
+    _SHIFT = np.uint32(16)
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _pass(X, E, ranges, first, w):  # pragma: no cover - compiled
+        """Masses and sum of log u over the rows of ``X``, part by part of the walk (:func:`walk`)."""
+        k, h = E.shape[1], X.shape[1]
+        nblocks = first.shape[0] - 1
+        partial = np.zeros((nblocks, k), np.float32)
+        logs = np.zeros(nblocks, np.float64)
+        for blk in prange(nblocks):
+            b = np.empty((k // h, h), np.float32)
+            acc = np.zeros((k // h, h), np.float32)
+            ls = 0.0
+            for r in range(first[blk], first[blk + 1]):
+                i = ranges[r, 0]
+                end = ranges[r, 1]
+                _scalings(E[ranges[r, 2]], w, b)
+                while i + 4 <= end:
+                    ls += _rows4(X[i], X[i + 1], X[i + 2], X[i + 3], b, acc)
+                    i += 4
+                while i < end:
+                    ls += _row1(X[i], b, acc)
+                    i += 1
+                _flush(partial[blk], acc, b)
+            logs[blk] = ls
+        return partial, logs
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _argmax(X, E, ranges, first, w):  # pragma: no cover - compiled
+        """First k maximising P_ik b_k on every row of ``X``, part by part of the walk."""
+        n, h = X.shape
+        k = E.shape[1]
+        nblocks = first.shape[0] - 1
+        out = np.empty(n, np.int64)
+        for blk in prange(nblocks):
+            b = np.empty((k // h, h), np.float32)
+            for r in range(first[blk], first[blk + 1]):
+                _scalings(E[ranges[r, 2]], w, b)
+                for i in range(ranges[r, 0], ranges[r, 1]):
+                    out[i] = _argmax_row(X[i], b)
+        return out
+
     @njit(fastmath=True, cache=True)
-    def _rows4(r0, r1, r2, r3, b, acc):  # pragma: no cover - compiled
-        """Four rows at once (each load of b and of acc serves four rows): returns the sum of their log u."""
+    def _scalings(e, w, b):  # pragma: no cover - compiled
+        """A segment's scalings b = e * w, in the c x K/c layout."""
+        c, h = b.shape
+        for t in range(c):
+            for j in range(h):
+                b[t, j] = e[j * c + t] * w[j * c + t]
+
+    @njit(fastmath=True, cache=True)
+    def _flush(out, acc, b):  # pragma: no cover - compiled
+        """A segment's column sums, scaled by its b, into the part's masses; acc is zeroed for the next."""
+        c, h = b.shape
+        for t in range(c):
+            for j in range(h):
+                out[j * c + t] += acc[t, j] * b[t, j]
+                acc[t, j] = 0.0
+
+    @njit(cache=True)
+    def _log_product(u0, u1, u2, u3):  # pragma: no cover - compiled
+        # one log for four rows; in float64 without fast-math, which would let the product be narrowed
+        # to float32, where four values near 1e-37 underflow
+        return math.log((np.float64(u0) * np.float64(u1)) * (np.float64(u2) * np.float64(u3)))
+
+    @njit(fastmath=True, cache=True)
+    def _f32_rows4(r0, r1, r2, r3, b2, acc2):  # pragma: no cover - compiled
+        """Four float32 rows at once (each load of b and of acc serves four rows): the sum of their log u."""
+        b = b2[0]
+        acc = acc2[0]
         k = b.shape[0]
         u0 = np.float32(0.0)
         u1 = np.float32(0.0)
@@ -47,71 +123,27 @@ if HAVE_NUMBA:
             acc[j] += a0 * r0[j] + a1 * r1[j] + a2 * r2[j] + a3 * r3[j]
         return _log_product(u0, u1, u2, u3)
 
-    @njit(cache=True)
-    def _log_product(u0, u1, u2, u3):  # pragma: no cover - compiled
-        # one log for four rows; in float64 without fast-math, which would let the product be narrowed
-        # to float32, where four values near 1e-37 underflow
-        return math.log((np.float64(u0) * np.float64(u1)) * (np.float64(u2) * np.float64(u3)))
-
     @njit(fastmath=True, cache=True)
-    def _row1(r0, b, acc):  # pragma: no cover - compiled
-        k = b.shape[0]
+    def _f32_row1(r0, b2, acc2):  # pragma: no cover - compiled
+        b = b2[0]
+        acc = acc2[0]
         u = np.float32(0.0)
-        for j in range(k):
+        for j in range(b.shape[0]):
             u += r0[j] * b[j]
         u = max(u, np.float32(U_MIN))
         a = np.float32(1.0) / u
-        for j in range(k):
+        for j in range(b.shape[0]):
             acc[j] += a * r0[j]
-        return np.float64(u)
-
-    @njit(parallel=True, fastmath=True, cache=True)
-    def _pass(P, E, ranges, first, w):  # pragma: no cover - compiled
-        """Masses and sum of log u over the rows of float32 ``P``, part by part of the walk (:func:`walk`)."""
-        k = P.shape[1]
-        nblocks = first.shape[0] - 1
-        partial = np.zeros((nblocks, k), np.float32)
-        logs = np.zeros(nblocks, np.float64)
-        for blk in prange(nblocks):
-            out = partial[blk]
-            acc = np.zeros(k, np.float32)
-            b = np.empty(k, np.float32)
-            ls = 0.0
-            for r in range(first[blk], first[blk + 1]):
-                i = ranges[r, 0]
-                end = ranges[r, 1]
-                seg = ranges[r, 2]
-                for j in range(k):
-                    b[j] = E[seg, j] * w[j]
-                while i + 4 <= end:
-                    ls += _rows4(P[i], P[i + 1], P[i + 2], P[i + 3], b, acc)
-                    i += 4
-                while i < end:
-                    ls += math.log(_row1(P[i], b, acc))
-                    i += 1
-                # the segment's sums, scaled by its b, go into the block's partial sums
-                for j in range(k):
-                    out[j] += acc[j] * b[j]
-                    acc[j] = 0.0
-            logs[blk] = ls
-        return partial, logs
-
-    # bfloat16 pairs: a row of K bfloat16 read as K/2 uint32 words; word j holds entry 2j in its low half
-    # and 2j+1 in its high half, so ``word << 16`` and ``word & HIGH`` are the two entries as float32 bits.
-    # Decoding in registers (no widened copy of the row) lets the pass run near the memory's speed.
-    _HIGH = np.uint32(0xFFFF0000)
-    _SHIFT = np.uint32(16)
+        return math.log(np.float64(u))
 
     @njit(fastmath=True, cache=True)
-    def _pair_scalings(e, w, blo, bhi):  # pragma: no cover - compiled
-        """A segment's scalings b = e * w, split into even (``blo``) and odd (``bhi``) clusters."""
-        for j in range(blo.shape[0]):
-            blo[j] = e[2 * j] * w[2 * j]
-            bhi[j] = e[2 * j + 1] * w[2 * j + 1]
-
-    @njit(fastmath=True, cache=True)
-    def _pairs4(r0, r1, r2, r3, blo, bhi, alo, ahi):  # pragma: no cover - compiled
-        """:func:`_rows4` on four rows of bfloat16 pairs, with b and the column sums split into even and odd."""
+    def _pairs_rows4(r0, r1, r2, r3, b, acc):  # pragma: no cover - compiled
+        """:func:`_f32_rows4` on four rows of bfloat16 pairs: b and acc's rows 0 and 1 are the even and odd
+        clusters."""
+        blo = b[0]
+        bhi = b[1]
+        alo = acc[0]
+        ahi = acc[1]
         h = blo.shape[0]
         u0 = np.float32(0.0)
         u1 = np.float32(0.0)
@@ -148,65 +180,56 @@ if HAVE_NUMBA:
         return _log_product(u0, u1, u2, u3)
 
     @njit(fastmath=True, cache=True)
-    def _pair1(r, blo, bhi, alo, ahi):  # pragma: no cover - compiled
+    def _pairs_row1(r, b, acc):  # pragma: no cover - compiled
+        blo = b[0]
+        bhi = b[1]
         u = np.float32(0.0)
         for j in range(blo.shape[0]):
             u += f32_bits(r[j] << _SHIFT) * blo[j] + f32_bits(r[j] & _HIGH) * bhi[j]
         u = max(u, np.float32(U_MIN))
         a = np.float32(1.0) / u
         for j in range(blo.shape[0]):
-            alo[j] += a * f32_bits(r[j] << _SHIFT)
-            ahi[j] += a * f32_bits(r[j] & _HIGH)
+            acc[0, j] += a * f32_bits(r[j] << _SHIFT)
+            acc[1, j] += a * f32_bits(r[j] & _HIGH)
         return math.log(np.float64(u))
 
-    @njit(parallel=True, fastmath=True, cache=True)
-    def _pass_pairs(W, E, ranges, first, w):  # pragma: no cover - compiled
-        """:func:`_pass` for bfloat16 ``P`` with an even K, read as the n x K/2 uint32 words ``W``."""
-        h = W.shape[1]
-        nblocks = first.shape[0] - 1
-        partial = np.zeros((nblocks, 2 * h), np.float32)
-        logs = np.zeros(nblocks, np.float64)
-        for blk in prange(nblocks):
-            out = partial[blk]
-            alo = np.zeros(h, np.float32)
-            ahi = np.zeros(h, np.float32)
-            blo = np.empty(h, np.float32)
-            bhi = np.empty(h, np.float32)
-            ls = 0.0
-            for r in range(first[blk], first[blk + 1]):
-                i = ranges[r, 0]
-                end = ranges[r, 1]
-                _pair_scalings(E[ranges[r, 2]], w, blo, bhi)
-                while i + 4 <= end:
-                    ls += _pairs4(W[i], W[i + 1], W[i + 2], W[i + 3], blo, bhi, alo, ahi)
-                    i += 4
-                while i < end:
-                    ls += _pair1(W[i], blo, bhi, alo, ahi)
-                    i += 1
-                for j in range(h):
-                    out[2 * j] += alo[j] * blo[j]
-                    out[2 * j + 1] += ahi[j] * bhi[j]
-                    alo[j] = 0.0
-                    ahi[j] = 0.0
-            logs[blk] = ls
-        return partial, logs
+    @njit(fastmath=True, cache=True)
+    def _f32_argmax_row(r, b2):  # pragma: no cover - compiled
+        """First k maximising P_ik b_k on one float32 row: the maxima of chunks of 32 (vectorised), then the
+        first entry equal to the row's maximum in the first chunk that holds it."""
+        b = b2[0]
+        k = b.shape[0]
+        m = np.float32(-1.0)
+        first = 0
+        for c0 in range(0, k, 32):
+            cm = np.float32(-1.0)
+            for j in range(c0, min(k, c0 + 32)):
+                cm = fmax(cm, r[j] * b[j])
+            if cm > m:
+                m = cm
+                first = c0
+        for j in range(first, min(k, first + 32)):
+            if r[j] * b[j] == m:
+                return j
+        return first
 
     @njit(fastmath=True, cache=True)
-    def _argmax_pair_row(r, blo, bhi):  # pragma: no cover - compiled
-        """First k maximising P_ik b_k on one row of bfloat16 pairs."""
+    def _pairs_argmax_row(r, b):  # pragma: no cover - compiled
+        """:func:`_f32_argmax_row` on one row of bfloat16 pairs (chunks of 32 words, 64 entries)."""
+        blo = b[0]
+        bhi = b[1]
         h = blo.shape[0]
         m = np.float32(-1.0)
         first = 0
-        for c0 in range(0, h, 32):  # chunk maxima (vectorised); the first chunk holding the row's maximum
-            c1 = min(h, c0 + 32)
+        for c0 in range(0, h, 32):
             cm = np.float32(-1.0)
-            for j in range(c0, c1):
+            for j in range(c0, min(h, c0 + 32)):
                 x = r[j]
                 cm = fmax(cm, fmax(f32_bits(x << _SHIFT) * blo[j], f32_bits(x & _HIGH) * bhi[j]))
             if cm > m:
                 m = cm
                 first = c0
-        for j in range(first, min(h, first + 32)):  # its first entry equal to the maximum
+        for j in range(first, min(h, first + 32)):
             x = r[j]
             if f32_bits(x << _SHIFT) * blo[j] == m:
                 return 2 * j
@@ -214,46 +237,32 @@ if HAVE_NUMBA:
                 return 2 * j + 1
         return 2 * first
 
-    @njit(parallel=True, fastmath=True, cache=True)
-    def _argmax_pairs(W, E, ranges, first, w):  # pragma: no cover - compiled
-        n, h = W.shape
-        nblocks = first.shape[0] - 1
-        out = np.empty(n, np.int64)
-        for blk in prange(nblocks):
-            blo = np.empty(h, np.float32)
-            bhi = np.empty(h, np.float32)
-            for r in range(first[blk], first[blk + 1]):
-                _pair_scalings(E[ranges[r, 2]], w, blo, bhi)
-                for i in range(ranges[r, 0], ranges[r, 1]):
-                    out[i] = _argmax_pair_row(W[i], blo, bhi)
-        return out
+    def _rows4(r0, r1, r2, r3, b, acc):  # the row kernels by storage, chosen at compile time
+        raise NotImplementedError
 
-    @njit(parallel=True, fastmath=True, cache=True)
-    def _argmax_f32(P, E, ranges, first, w):  # pragma: no cover - compiled
-        n, k = P.shape
-        nblocks = first.shape[0] - 1
-        out = np.empty(n, np.int64)
-        for blk in prange(nblocks):
-            b = np.empty(k, np.float32)
-            for r in range(first[blk], first[blk + 1]):
-                seg = ranges[r, 2]
-                for j in range(k):
-                    b[j] = E[seg, j] * w[j]
-                for i in range(ranges[r, 0], ranges[r, 1]):
-                    out[i] = _argmax_row(P[i], b)
-        return out
+    def _row1(r, b, acc):
+        raise NotImplementedError
 
-    @njit(fastmath=True, cache=True)
-    def _argmax_row(row, b):  # pragma: no cover - compiled
-        """First k maximising P_ik b_k on one float32 row."""
-        best = row[0] * b[0]
-        arg = 0
-        for j in range(1, b.shape[0]):
-            v = row[j] * b[j]
-            if v > best:
-                best = v
-                arg = j
-        return arg
+    def _argmax_row(r, b):
+        raise NotImplementedError
+
+    def _pairs(row) -> bool:
+        return row.dtype == types.uint32
+
+    @overload(_rows4)
+    def _rows4_for(r0, r1, r2, r3, b, acc):
+        kernel = _pairs_rows4 if _pairs(r0) else _f32_rows4
+        return lambda r0, r1, r2, r3, b, acc: kernel(r0, r1, r2, r3, b, acc)
+
+    @overload(_row1)
+    def _row1_for(r, b, acc):
+        kernel = _pairs_row1 if _pairs(r) else _f32_row1
+        return lambda r, b, acc: kernel(r, b, acc)
+
+    @overload(_argmax_row)
+    def _argmax_row_for(r, b):
+        kernel = _pairs_argmax_row if _pairs(r) else _f32_argmax_row
+        return lambda r, b: kernel(r, b)
 
 
 def triton_kernels():
@@ -289,6 +298,11 @@ def _pairs_view_ok(P: torch.Tensor) -> bool:
             and P.data_ptr() % 4 == 0)
 
 
+def _numba_rows(P: torch.Tensor) -> np.ndarray:
+    """P's rows as the numba walks read them: float32, or bfloat16 as uint32 words of two entries."""
+    return P.numpy() if P.dtype == torch.float32 else P.view(torch.int32).numpy().view(np.uint32)
+
+
 def fused_pass(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torch.Tensor,
                backend: str) -> tuple[torch.Tensor, float]:
     """One read of ``P``: the cluster masses and ``sum_i log u_i`` for scalings ``b = E[segment] * w``.
@@ -301,12 +315,8 @@ def fused_pass(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torch.
     if backend == "triton":
         return triton_kernels().fused_pass(P, E, seg_stop, w)
     if backend == "numba" and (P.dtype == torch.float32 or _pairs_view_ok(P)):
-        if P.dtype == torch.float32:
-            partial, logs = _pass(P.numpy(), E.numpy(), *walk(P.shape[0], seg_stop, num_blocks(P.shape[0])),
-                                  w.numpy())
-        else:
-            partial, logs = _pass_pairs(P.view(torch.int32).numpy().view(np.uint32), E.numpy(),
-                                        *walk(P.shape[0], seg_stop, num_blocks(P.shape[0])), w.numpy())
+        partial, logs = _pass(_numba_rows(P), E.numpy(), *walk(P.shape[0], seg_stop, num_blocks(P.shape[0])),
+                              w.numpy())
         return torch.from_numpy(partial.sum(axis=0, dtype=np.float64)), float(logs.sum())
     # torch, and half precision with an odd K on the CPU
     mass = torch.zeros(P.shape[1], dtype=torch.float64, device=P.device)
@@ -351,14 +361,9 @@ def argmax_scaled(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: tor
     """Row-wise argmax of ``P_ik b_k`` with ``b = E[segment] * w``: the hard labels of the transport plan."""
     if backend == "triton":
         return triton_kernels().argmax_scaled(P, E, seg_stop, w)
-    if backend == "numba":
-        if _pairs_view_ok(P):
-            ranges, first = walk(P.shape[0], seg_stop, num_blocks(P.shape[0]))
-            return torch.from_numpy(_argmax_pairs(P.view(torch.int32).numpy().view(np.uint32), E.numpy(),
-                                                  ranges, first, w.numpy()))
-        if P.dtype == torch.float32:
-            ranges, first = walk(P.shape[0], seg_stop, num_blocks(P.shape[0]))
-            return torch.from_numpy(_argmax_f32(P.numpy(), E.numpy(), ranges, first, w.numpy()))
+    if backend == "numba" and (P.dtype == torch.float32 or _pairs_view_ok(P)):
+        return torch.from_numpy(_argmax(_numba_rows(P), E.numpy(),
+                                        *walk(P.shape[0], seg_stop, num_blocks(P.shape[0])), w.numpy()))
     # torch (and half precision with an odd K): block by block, the product P * b would otherwise be a
     # second N x K matrix
     out, start = [], 0
