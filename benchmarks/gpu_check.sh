@@ -4,7 +4,7 @@
 # measures and what is recorded so far: docs/gpu_check.md.
 #
 #   1. the CUDA tests (tests/test_cuda.py: label step, scoring loop and a mixed-precision training run on the
-#      GPU, each against the CPU);
+#      GPU, each against the CPU; no host wait inside a training step; exact resume on the device);
 #   2. the device's own memory bandwidth: a device-to-device copy of 4 GB (benchmarks/device_bandwidth.py),
 #      the floor every pass over P is set beside;
 #   3. the label step at ImageNet scale, 1.28M x 3000, lambda 25, realistic scores generated ON THE DEVICE,

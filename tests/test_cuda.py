@@ -5,6 +5,7 @@ They run where a GPU is (``benchmarks/gpu_check.sh`` records them) and are skipp
 script itself), where each comparison is then CPU against CPU.
 """
 
+import dataclasses
 import os
 
 import pytest
@@ -119,3 +120,31 @@ def test_the_training_step_and_its_batches_never_wait_for_the_device(monkeypatch
                                 method="supervised", epochs=2, max_images=None, batch_size=64)
     result = train(config, data, progress=False)
     assert len(steps) == 2 * 8 and len(result.history) == 2
+
+
+def test_an_interrupted_run_resumes_exactly_on_the_device(monkeypatch, tmp_path):
+    """Stopped after its second epoch and resumed, a run on the device ends with the weights and labels of
+    the run that never stopped: the checkpoint holds every random state (the device's included), and
+    ``SELA_DETERMINISTIC=1`` makes torch pick kernels that add up in one order."""
+    monkeypatch.setenv("SELA_DETERMINISTIC", "1")
+    g = torch.Generator().manual_seed(1)
+    data = ImageData("fashion-mnist", torch.randint(0, 256, (512, 1, 28, 28), generator=g, dtype=torch.uint8),
+                     torch.arange(512) % 10, [str(i) for i in range(10)], (0.5,), (0.25,))
+    config = config_from_preset("smoke", dataset="fashion-mnist", device=DEVICE, amp=True, amp_dtype="bfloat16",
+                                max_images=None, epochs=4, nopts=4, checkpoint_dir=str(tmp_path))
+
+    def stop_after_two(record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    try:
+        straight = train(dataclasses.replace(config, checkpoint_dir=None), data, progress=False)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, data, progress=False, callback=stop_after_two)
+        resumed = train(config, data, progress=False)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert len(resumed.history) == 4
+    assert torch.equal(straight.labels, resumed.labels)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
