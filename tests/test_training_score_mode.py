@@ -67,7 +67,7 @@ def _expected_rows(monkeypatch, lam: float) -> dict:
     expected: dict[int, list[torch.Tensor]] = {}
     original = loop.sgd_step
 
-    def recording(s, labels, x, index, keep=None, loop=None):
+    def recording(s, state, x, index, keep=None):
         if keep is not None:
             twin = copy.deepcopy(s.net).train()
             with torch.no_grad():
@@ -78,7 +78,7 @@ def _expected_rows(monkeypatch, lam: float) -> dict:
                 z = z - z.amax(dim=1, keepdim=True)
                 for row, i in zip(z, index.tolist()):
                     expected.setdefault(i, [None] * len(outs))[h] = row
-        return original(s, labels, x, index, keep, loop=loop)
+        return original(s, state, x, index, keep)
 
     monkeypatch.setattr(loop, "sgd_step", recording)
     return expected

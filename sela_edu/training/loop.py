@@ -207,7 +207,7 @@ def train_epoch(s: RunSetup, loop: LoopState) -> dict:
                         f"head {r['head']} {'converged' if r['converged'] else 'NOT converged'} "
                         f"({r['passes']} passes, error {r['error']:.1e})" for r in rows))
             s.net.train()
-        loss, correct = sgd_step(s, loop.labels, x, index, keep=kept_buffers(s, loop), loop=loop)
+        loss, correct = sgd_step(s, loop, x, index, keep=kept_buffers(s, loop))
         loss_sum += loss
         rotation_correct += correct
         batches += 1
@@ -287,12 +287,12 @@ def kept_buffers(s: RunSetup, loop: LoopState) -> dict | None:
     return None
 
 
-def sgd_step(s: RunSetup, labels: torch.Tensor, x, index: torch.Tensor,
-             keep: dict | None = None, loop: LoopState | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step on a batch ``x`` (a tensor, or a list of crops under multi-crop) with the method's loss
-    (:mod:`sela_edu.training.methods`; SeLa's: cross-entropy against the current ``labels``, averaged over
-    heads, plus the rotation loss for SeLa + Rot). Returns the loss and the rotation head's correct guesses
-    (0 without it).
+def sgd_step(s: RunSetup, loop: LoopState, x, index: torch.Tensor,
+             keep: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a batch ``x`` (a tensor, or a list of crops under multi-crop) of the images ``index``
+    with the method's loss (:mod:`sela_edu.training.methods`; SeLa's: cross-entropy against the current
+    ``loop.labels``, averaged over heads, plus the rotation loss for SeLa + Rot). Returns the loss and the
+    rotation head's correct guesses (0 without it).
 
     ``keep`` (head -> ScoreBuffer, score mode "training"): the heads' outputs of the upright views are kept
     there at the images' rows, in float32 (the buffer's), for the next label step."""
@@ -300,8 +300,6 @@ def sgd_step(s: RunSetup, labels: torch.Tensor, x, index: torch.Tensor,
     views = list(x) if isinstance(x, (list, tuple)) else [x]
     if s.config.channels_last and views[0].ndim == 4:
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-    if loop is None:
-        loop = LoopState(labels=labels, potentials=[], schedule=[])
     with torch.autocast(s.device.type, dtype=getattr(torch, s.config.amp_dtype), enabled=s.use_amp):
         loss, outputs, correct = s.method.loss(s, loop, views, index)
     s.optimizer.zero_grad(set_to_none=True)
