@@ -176,6 +176,8 @@ class MultiHeadNet(nn.Module):
         for k in ks:
             head = nn.Linear(self.head_dim, k)
             init_head(head)
+            if self.head_temperature is not None:  # cosine heads read no bias: nothing for SGD or DDP to wait on
+                head.bias.requires_grad_(False)
             if ref is not None:
                 head = head.to(device=ref.device, dtype=ref.dtype)
             heads.append(head)

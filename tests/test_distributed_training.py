@@ -31,9 +31,16 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         # k-means pseudo-labels: features gathered from both shards, clustered once, broadcast.
         kmeans = train(config_from_preset("smoke", device="cpu", max_images=NUM_IMAGES, batch_size=32, epochs=1,
                                           nopts=1, method="kmeans"), load_dataset("digits"), progress=False)
+        # SwAV: codes per batch on each rank's shard; the labels it reports are merged at each epoch's end.
+        swav = train(config_from_preset("smoke", device="cpu", max_images=NUM_IMAGES, batch_size=32, epochs=1,
+                                        method="swav", head_temperature=0.1, projection_dim=16,
+                                        projection_hidden=32, large_crops=2, small_crops=2, small_crop_size=6,
+                                        small_crop_scale=[0.2, 0.5]), load_dataset("digits"),
+                     progress=False)
         torch.save({"model": result.model.state_dict(), "labels": result.labels, "sizes": sizes,
                     "history": result.history, "world": dist_utils.get_world_size(),
-                    "kmeans_model": kmeans.model.state_dict(), "kmeans_labels": kmeans.labels},
+                    "kmeans_model": kmeans.model.state_dict(), "kmeans_labels": kmeans.labels,
+                    "swav_labels": swav.labels},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist_utils.cleanup()
@@ -52,6 +59,9 @@ def test_two_gloo_ranks_agree_on_weights_and_labels(tmp_path, free_port):
         assert torch.equal(value, r1["kmeans_model"][key]), key
     assert torch.equal(r0["kmeans_labels"], r1["kmeans_labels"])
     assert len(torch.unique(r0["kmeans_labels"][0])) == 10
+    # SwAV's labels: each image's code from the rank that saw it, the same table on both ranks (a rank's
+    # own rows alone would leave the other shard at its random initial labels, different on each rank)
+    assert torch.equal(r0["swav_labels"], r1["swav_labels"])
     labels = r0["labels"]
     assert labels.shape == (2, NUM_IMAGES)
     # A joint solve: cluster sizes are counted over both shards and cover every image exactly once

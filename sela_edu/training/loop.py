@@ -222,6 +222,7 @@ def train_epoch(s: RunSetup, loop: LoopState) -> dict:
     if not math.isfinite(loss_total):
         raise FloatingPointError(f"the loss became {loss_total} in epoch {loop.epoch + 1} (steps "
                                  f"{loop.step - batches + 1} to {loop.step}); lower lr, or check the data")
+    s.method.end_epoch(s, loop)
     s.scheduler.step()
     loop.epoch += 1
     with torch.no_grad():

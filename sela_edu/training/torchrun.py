@@ -147,6 +147,15 @@ def broadcast_tensor(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     return moved.to(tensor.device)
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """The elementwise maximum of ``tensor`` over ranks (same shape and dtype on every rank), on its device."""
+    if not is_initialized():
+        return tensor
+    moved = tensor.to(_comm_device()).contiguous()
+    dist.all_reduce(moved, op=dist.ReduceOp.MAX)
+    return moved.to(tensor.device)
+
+
 def all_reduce_mean(value: float) -> float:
     """The mean of a Python number over ranks (for logging the loss of the whole batch)."""
     if not is_initialized():

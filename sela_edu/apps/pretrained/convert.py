@@ -310,6 +310,7 @@ def _adopt_prototypes(model: MultiHeadNet, info: dict) -> None:
         with torch.no_grad():
             layer.weight.copy_(weight)
             layer.bias.zero_()  # cosine heads read no bias
+        layer.bias.requires_grad_(False)
         heads.append(layer)
     model.heads = nn.ModuleList(heads)
     ks = [int(w.shape[0]) for w in prototypes]

@@ -39,6 +39,10 @@ class Method:
                 for p in head.parameters():
                     p.grad = None
 
+    def end_epoch(self, s, loop) -> None:
+        """After an epoch's last step, on every rank: nothing where labels come from label steps, which
+        every rank makes whole."""
+
     def state_dict(self) -> dict:
         """What the method keeps between steps, for the checkpoint (CPU tensors)."""
         return {}

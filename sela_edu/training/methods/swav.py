@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from sela_edu.labelling import batch_codes
 from sela_edu.models import unwrap
+from sela_edu.training import torchrun as dist_utils
 from sela_edu.training.methods.base import Method, forward_views
 
 #: The views whose codes are targets: the two large crops (SwAV's ``--crops_for_assign 0 1``).
@@ -41,6 +42,7 @@ class SwAV(Method):
         super().__init__(config)
         self.queue: torch.Tensor | None = None  # 2 x queue_length x d: the large crops' recent embeddings
         self.filled = 0                         # rows of the queue written so far
+        self.coded: torch.Tensor | None = None  # which images this rank coded this epoch (under torchrun)
 
     def loss(self, s, loop, views, index):
         config, n = self.config, views[0].shape[0]
@@ -60,8 +62,24 @@ class SwAV(Method):
                     codes[a] = batch_codes(batch, config.swav_epsilon, config.swav_iterations)[-n:]
             loss = loss + swapped_prediction_loss(out, codes, len(views))
             loop.labels[h, index] = codes[0].argmax(dim=1)
+        if s.world > 1:
+            if self.coded is None:
+                self.coded = torch.zeros(loop.labels.shape[1], dtype=torch.bool, device=loop.labels.device)
+            self.coded[index] = True
         self.push(embeddings[: len(ASSIGNED_VIEWS) * n].detach().float().view(len(ASSIGNED_VIEWS), n, -1))
         return loss / len(outputs), [out[:n] for out in outputs], torch.zeros((), device=s.device)
+
+    def end_epoch(self, s, loop) -> None:
+        """Under torchrun each rank coded its own images: every rank takes each image's latest label from
+        the rank that coded it (the larger, for an image padded into two shards), so that the labels the
+        loop reports and checkpoints are the whole run's."""
+        if s.world == 1:
+            return
+        coded = self.coded if self.coded is not None else torch.zeros(loop.labels.shape[1], dtype=torch.bool,
+                                                                      device=loop.labels.device)
+        self.coded = None
+        latest = dist_utils.all_reduce_max(torch.where(coded, loop.labels, -1))
+        loop.labels = torch.where(latest >= 0, latest, loop.labels)
 
     def start_queue(self, epoch: int, dim: int, device) -> None:
         if self.queue is None and self.config.queue_length and epoch >= self.config.queue_start_epoch:
