@@ -28,7 +28,7 @@ if HAVE_NUMBA:
     # float32 bits: decoded in registers, with no widened copy of the row). A segment's scalings b and the
     # column sums acc are c x K/c arrays, entry k at [k % c, k // c]: c = 1 for float32, 2 for pairs. The
     # row kernels are chosen by the row's dtype when the walk is compiled (``_rows4``, ``_row1``,
-    # ``_argmax_row`` below).
+    # ``_chunk_max``, ``_first_equal`` below).
     _HIGH = np.uint32(0xFFFF0000)
     _SHIFT = np.uint32(16)
 
@@ -193,49 +193,55 @@ if HAVE_NUMBA:
             acc[1, j] += a * f32_bits(r[j] & _HIGH)
         return math.log(np.float64(u))
 
-    @njit(fastmath=True, cache=True)
-    def _f32_argmax_row(r, b2):  # pragma: no cover - compiled
-        """First k maximising P_ik b_k on one float32 row: the maxima of chunks of 32 (vectorised), then the
-        first entry equal to the row's maximum in the first chunk that holds it."""
+    @njit(fastmath=True, cache=True, inline="always")
+    def _f32_chunk_max(r, b2, c0, c1):  # pragma: no cover - compiled
         b = b2[0]
-        k = b.shape[0]
-        m = np.float32(-1.0)
-        first = 0
-        for c0 in range(0, k, 32):
-            cm = np.float32(-1.0)
-            for j in range(c0, min(k, c0 + 32)):
-                cm = fmax(cm, r[j] * b[j])
-            if cm > m:
-                m = cm
-                first = c0
-        for j in range(first, min(k, first + 32)):
+        cm = np.float32(-1.0)
+        for j in range(c0, c1):
+            cm = fmax(cm, r[j] * b[j])
+        return cm
+
+    @njit(fastmath=True, cache=True, inline="always")
+    def _f32_first_equal(r, b2, c0, c1, m):  # pragma: no cover - compiled
+        b = b2[0]
+        for j in range(c0, c1):
             if r[j] * b[j] == m:
                 return j
-        return first
+        return c0
 
-    @njit(fastmath=True, cache=True)
-    def _pairs_argmax_row(r, b):  # pragma: no cover - compiled
-        """:func:`_f32_argmax_row` on one row of bfloat16 pairs (chunks of 32 words, 64 entries)."""
+    @njit(fastmath=True, cache=True, inline="always")
+    def _pairs_chunk_max(r, b, c0, c1):  # pragma: no cover - compiled
         blo = b[0]
         bhi = b[1]
-        h = blo.shape[0]
+        cm = np.float32(-1.0)
+        for j in range(c0, c1):
+            x = r[j]
+            cm = fmax(cm, fmax(f32_bits(x << _SHIFT) * blo[j], f32_bits(x & _HIGH) * bhi[j]))
+        return cm
+
+    @njit(fastmath=True, cache=True, inline="always")
+    def _pairs_first_equal(r, b, c0, c1, m):  # pragma: no cover - compiled
+        for j in range(c0, c1):
+            x = r[j]
+            if f32_bits(x << _SHIFT) * b[0, j] == m:
+                return 2 * j
+            if f32_bits(x & _HIGH) * b[1, j] == m:
+                return 2 * j + 1
+        return 2 * c0
+
+    @njit(fastmath=True, cache=True)
+    def _argmax_row(r, b):  # pragma: no cover - compiled
+        """First k maximising P_ik b_k on one row: the maxima of chunks of 32 words (vectorised), then the
+        first entry equal to the row's maximum in the first chunk that holds it."""
+        h = r.shape[0]
         m = np.float32(-1.0)
         first = 0
         for c0 in range(0, h, 32):
-            cm = np.float32(-1.0)
-            for j in range(c0, min(h, c0 + 32)):
-                x = r[j]
-                cm = fmax(cm, fmax(f32_bits(x << _SHIFT) * blo[j], f32_bits(x & _HIGH) * bhi[j]))
+            cm = _chunk_max(r, b, c0, min(h, c0 + 32))
             if cm > m:
                 m = cm
                 first = c0
-        for j in range(first, min(h, first + 32)):
-            x = r[j]
-            if f32_bits(x << _SHIFT) * blo[j] == m:
-                return 2 * j
-            if f32_bits(x & _HIGH) * bhi[j] == m:
-                return 2 * j + 1
-        return 2 * first
+        return _first_equal(r, b, first, min(h, first + 32), m)
 
     def _rows4(r0, r1, r2, r3, b, acc):  # the row kernels by storage, chosen at compile time
         raise NotImplementedError
@@ -243,7 +249,10 @@ if HAVE_NUMBA:
     def _row1(r, b, acc):
         raise NotImplementedError
 
-    def _argmax_row(r, b):
+    def _chunk_max(r, b, c0, c1):
+        raise NotImplementedError
+
+    def _first_equal(r, b, c0, c1, m):
         raise NotImplementedError
 
     def _pairs(row) -> bool:
@@ -259,10 +268,15 @@ if HAVE_NUMBA:
         kernel = _pairs_row1 if _pairs(r) else _f32_row1
         return lambda r, b, acc: kernel(r, b, acc)
 
-    @overload(_argmax_row)
-    def _argmax_row_for(r, b):
-        kernel = _pairs_argmax_row if _pairs(r) else _f32_argmax_row
-        return lambda r, b: kernel(r, b)
+    @overload(_chunk_max, inline="always")
+    def _chunk_max_for(r, b, c0, c1):
+        kernel = _pairs_chunk_max if _pairs(r) else _f32_chunk_max
+        return lambda r, b, c0, c1: kernel(r, b, c0, c1)
+
+    @overload(_first_equal, inline="always")
+    def _first_equal_for(r, b, c0, c1, m):
+        kernel = _pairs_first_equal if _pairs(r) else _f32_first_equal
+        return lambda r, b, c0, c1, m: kernel(r, b, c0, c1, m)
 
 
 def triton_kernels():
