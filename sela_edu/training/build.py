@@ -152,4 +152,3 @@ def build_run(config: TrainConfig, data, labels) -> tuple[RunSetup, LoopState]:
 
 
 __all__ = ['resolve_arch', 'build_for_config', 'random_init_model', 'RunSetup', 'fixed_labels', 'build_run']
-

@@ -30,4 +30,3 @@ def fused_sgd(device: torch.device) -> bool | None:
 
 
 __all__ = ['sync', 'progress_bar', 'fused_sgd']
-
