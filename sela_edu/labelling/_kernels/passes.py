@@ -312,9 +312,17 @@ def _pairs_view_ok(P: torch.Tensor) -> bool:
             and P.data_ptr() % 4 == 0)
 
 
-def _numba_rows(P: torch.Tensor) -> np.ndarray:
-    """P's rows as the numba walks read them: float32, or bfloat16 as uint32 words of two entries."""
-    return P.numpy() if P.dtype == torch.float32 else P.view(torch.int32).numpy().view(np.uint32)
+def _walk_args(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torch.Tensor) -> tuple | None:
+    """The numba walks' arguments: P's rows as they read them (float32, or bfloat16 as uint32 words of two
+    entries), the factors, the walk over blocks and segments (:func:`walk`), w. None where they cannot read
+    P (float16, or bfloat16 with an odd K)."""
+    if P.dtype == torch.float32:
+        rows = P.numpy()
+    elif _pairs_view_ok(P):
+        rows = P.view(torch.int32).numpy().view(np.uint32)
+    else:
+        return None
+    return (rows, E.numpy(), *walk(P.shape[0], seg_stop, num_blocks(P.shape[0])), w.numpy())
 
 
 def fused_pass(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torch.Tensor,
@@ -328,9 +336,9 @@ def fused_pass(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: torch.
     """
     if backend == "triton":
         return triton_kernels().fused_pass(P, E, seg_stop, w)
-    if backend == "numba" and (P.dtype == torch.float32 or _pairs_view_ok(P)):
-        partial, logs = _pass(_numba_rows(P), E.numpy(), *walk(P.shape[0], seg_stop, num_blocks(P.shape[0])),
-                              w.numpy())
+    args = _walk_args(P, E, seg_stop, w) if backend == "numba" else None
+    if args is not None:
+        partial, logs = _pass(*args)
         return torch.from_numpy(partial.sum(axis=0, dtype=np.float64)), float(logs.sum())
     # torch, and half precision with an odd K on the CPU
     mass = torch.zeros(P.shape[1], dtype=torch.float64, device=P.device)
@@ -375,9 +383,9 @@ def argmax_scaled(P: torch.Tensor, E: torch.Tensor, seg_stop: np.ndarray, w: tor
     """Row-wise argmax of ``P_ik b_k`` with ``b = E[segment] * w``: the hard labels of the transport plan."""
     if backend == "triton":
         return triton_kernels().argmax_scaled(P, E, seg_stop, w)
-    if backend == "numba" and (P.dtype == torch.float32 or _pairs_view_ok(P)):
-        return torch.from_numpy(_argmax(_numba_rows(P), E.numpy(),
-                                        *walk(P.shape[0], seg_stop, num_blocks(P.shape[0])), w.numpy()))
+    args = _walk_args(P, E, seg_stop, w) if backend == "numba" else None
+    if args is not None:
+        return torch.from_numpy(_argmax(*args))
     # torch (and half precision with an odd K): block by block, the product P * b would otherwise be a
     # second N x K matrix
     out, start = [], 0
