@@ -124,21 +124,17 @@ def ceiling(config, data, steps: int = 20, warmup: int | None = None) -> dict:
     """Forward, backward and the SGD step of the config's network on ONE batch resident on the device: no
     augmentation, no data loading, no relabelling, no host synchronisation inside the timed steps. The
     precision (autocast in ``amp_dtype`` on CUDA, with a GradScaler for float16), the SGD kernel
-    (:func:`~sela_edu.training.runtime.fused_sgd`) and the memory format (``channels_last``) are the
+    (:func:`~sela_edu.training.build.sgd_and_scaler`) and the memory format (``channels_last``) are the
     trainer's. Returns images/s."""
     import torch.nn.functional as F
 
-    from sela_edu.training.build import build_for_config
-    from sela_edu.training.runtime import fused_sgd
+    from sela_edu.training.build import build_for_config, sgd_and_scaler
 
     device = _device(config.device)
     model = build_for_config(config, data).to(device).train()
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, fused=fused_sgd(device))
-    use_amp = bool(config.amp) and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and config.amp_dtype == "float16")
+    optimizer, scaler, use_amp = sgd_and_scaler(config, model, device)
     size = config.image_size or data.image_size
     g = torch.Generator().manual_seed(0)
     x = torch.randn(config.batch_size, data.num_channels, size, size, generator=g).to(device)

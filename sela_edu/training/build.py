@@ -89,6 +89,15 @@ def fixed_labels(config: TrainConfig, data, labels) -> torch.Tensor | None:
     return labels.contiguous()
 
 
+def sgd_and_scaler(config: TrainConfig, model: nn.Module, device: torch.device):
+    """The run's SGD (fused on CUDA: :func:`~sela_edu.training.runtime.fused_sgd`), its GradScaler (on for
+    float16 autocast only) and whether autocast is on (``amp``, on CUDA only)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, fused=fused_sgd(device))
+    use_amp = bool(config.amp) and device.type == "cuda"
+    return optimizer, torch.amp.GradScaler("cuda", enabled=use_amp and config.amp_dtype == "float16"), use_amp
+
+
 def build_run(config: TrainConfig, data, labels) -> tuple[RunSetup, LoopState]:
     """Data, model, optimiser and loaders of a run, and its loop state at the start (before any resume)."""
     from sela_edu.data import load_dataset
@@ -116,14 +125,12 @@ def build_run(config: TrainConfig, data, labels) -> tuple[RunSetup, LoopState]:
     model = build_for_config(config, data).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, fused=fused_sgd(device))
+    optimizer, scaler, use_amp = sgd_and_scaler(config, model, device)
     if config.lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     else:
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=config.lr_milestones,
                                                          gamma=config.lr_gamma)
-    use_amp = bool(config.amp) and device.type == "cuda"
     # the same augmentation for training and, in "augmented" score mode, for the label step
     common = dict(device=device, distributed=world > 1, num_workers=config.num_workers,
                   augment=training_augment(config, data))
@@ -143,12 +150,11 @@ def build_run(config: TrainConfig, data, labels) -> tuple[RunSetup, LoopState]:
     start = fixed if fixed is not None else initial_labels(len(data), ks, config.seed)
     setup = RunSetup(config=config, data=data, ks=ks, targets=targets, subset=subset, device=device, use_amp=use_amp,
                    rank=rank, world=world, model=model, net=model, optimizer=optimizer, scheduler=scheduler,
-                   scaler=torch.amp.GradScaler("cuda", enabled=use_amp and config.amp_dtype == "float16"),
-                   loader=loader,
-                   score_loader=score_loader, steps_per_epoch=len(loader),
+                   scaler=scaler, loader=loader, score_loader=score_loader, steps_per_epoch=len(loader),
                    ckpt_dir=Path(config.checkpoint_dir) if config.checkpoint_dir else None, show=False,
                    method=method)
     return setup, LoopState(labels=start.to(device), potentials=[None] * len(ks), schedule=schedule)
 
 
-__all__ = ['resolve_arch', 'build_for_config', 'random_init_model', 'RunSetup', 'fixed_labels', 'build_run']
+__all__ = ['resolve_arch', 'build_for_config', 'random_init_model', 'RunSetup', 'fixed_labels', 'sgd_and_scaler',
+           'build_run']
